@@ -1,0 +1,147 @@
+"""Run configuration: pydantic schemas, YAML files and ``--set key=value`` overrides.
+
+Precedence: schema defaults < ``--config FILE`` < command-line flags < ``--set`` overrides.
+Unknown keys and out-of-range values raise :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rsseg.errors import ConfigError, InputError
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """Which smp architecture to build (``rsseg.models.factory.ModelSpec`` minus the shapes)."""
+
+    arch: str = "unet"
+    encoder: str = "resnet18"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimConfig(Section):
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = Field(1e-5, ge=0)
+    schedule: Literal["cosine", "exponential", "constant"] = "cosine"
+    min_lr: float = Field(4e-8, ge=0)  # cosine floor
+    gamma: float = Field(0.98, gt=0, le=1)  # exponential decay per epoch
+
+
+class TrainerConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    num_workers: int = Field(0, ge=0)
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
+    devices: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    seed: int = 0
+    steps_per_epoch: int | None = Field(None, ge=1)  # None: one pass over the data
+    log_every_n_steps: int = Field(10, ge=1)
+
+
+class PretrainData(Section):
+    view_size: int = Field(128, ge=16)
+    diagnostic_samples: int = Field(256, ge=8)  # tiles embedded each epoch for the spectrum
+
+
+class PretextConfig(Section):
+    name: str = "glcnet"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PretrainConfig(Section):
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(
+        arch="deeplabv3plus", encoder="resnet18",
+        kwargs={"encoder_output_stride": 16, "decoder_atrous_rates": [6, 12, 18],
+                "decoder_aspp_separable": False}))
+    pretext: PretextConfig = Field(default_factory=PretextConfig)
+    data: PretrainData = Field(default_factory=PretrainData)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+
+class FinetuneData(Section):
+    crop_size: int = Field(64, ge=16)
+    val_fraction: float = Field(0.2, ge=0, lt=1)  # of labelled blocks/tiles held out
+    val_block: int = Field(32, ge=4)  # side of the spatial blocks split between train and val
+    label_fraction: float = Field(1.0, gt=0, le=1)  # of labelled tiles used (tile folders)
+    ignore_index: int = Field(255, ge=0, le=255)
+
+
+class FinetuneConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: FinetuneData = Field(default_factory=FinetuneData)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(
+        lr=1e-4, schedule="exponential", gamma=0.98, weight_decay=0.0))
+    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(epochs=150))
+    tile: int = Field(256, ge=16)  # default predict window stored in the bundle
+    overlap: int = Field(64, ge=0)
+
+
+C = TypeVar("C", bound=Section)
+
+
+def _parse_set(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} is not key=value", "e.g. --set optim.lr=0.001")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def _merge(base: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = base
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {'.'.join(keys)}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(schema: type[C], path: str | Path | None = None,
+                sets: list[str] | None = None, flags: dict[str, Any] | None = None) -> C:
+    """Build a validated config from defaults, a YAML file, CLI flags and ``--set`` items.
+
+    ``flags`` maps dotted keys to values given as dedicated CLI flags (None = not given).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"config file {path} not found", "check --config")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: expected a mapping of config sections")
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            _merge(data, dotted.split("."), value)
+    for item in sets or []:
+        keys, value = _parse_set(item)
+        _merge(data, keys, value)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"config key {key!r}: {first['msg']}",
+                          f"see the {schema.__name__} defaults in configs/") from None
+
+
+def dump_config(config: Section, path: Path) -> None:
+    """Write the resolved config as YAML (what the run actually used)."""
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
