@@ -1,0 +1,310 @@
+"""Sparse labels in every form, all turned into one thing: :class:`SparseLabels`.
+
+Forms: a label raster on the scene grid (an ignore value marks unlabelled pixels); vector points,
+lines or polygons with a class column, rasterized onto the scene grid; a tile folder
+(``images/`` + ``labels/`` with matching stems) where only some tiles have masks.
+
+Class ids are the values written in label and prediction rasters (0..254); 255 marks unlabelled
+pixels in every array this module returns.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rasterio.windows import Window
+
+from rsseg.classes import IGNORE, MAX_ID, ClassTable, raster_classes
+from rsseg.errors import ConfigError, InputError
+from rsseg.grid import check_same_grid
+from rsseg.io.raster import SceneInfo, open_scene
+from rsseg.io.vector import burn_feature_index, intersects_scene, read_vector
+
+VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".fgb", ".gml", ".kml", ".sqlite")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+MASK_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+@dataclass(frozen=True)
+class SparseLabels:
+    """``labels``: ``(H, W)`` uint8 class ids on the scene grid, 255 (:data:`IGNORE`) unlabelled."""
+
+    labels: np.ndarray
+    classes: ClassTable
+
+    @property
+    def labelled(self) -> int:
+        """Number of labelled pixels."""
+        return int(np.count_nonzero(self.labels != IGNORE))
+
+    def counts(self) -> dict[int, int]:
+        """Labelled pixels per class id (classes without pixels included, as 0)."""
+        hist = np.bincount(self.labels.ravel(), minlength=256)
+        return {i: int(hist[i]) for i in self.classes.ids}
+
+
+def load_labels(path: str | Path, scene: SceneInfo, column: str | None = None,
+                ignore: float | None = None, classes: ClassTable | None = None) -> SparseLabels:
+    """Labels for ``scene`` from a label raster or (with ``column``) a vector file."""
+    path = Path(path)
+    if column is not None:
+        return read_vector_labels(path, column, scene, classes)
+    if path.suffix.lower() in VECTOR_SUFFIXES:
+        raise InputError(f"{path}: vector labels need a class column", "pass --label-column COL")
+    return read_label_raster(path, scene, ignore, classes)
+
+
+def read_label_raster(path: str | Path, scene: SceneInfo, ignore: float | None = None,
+                      classes: ClassTable | None = None) -> SparseLabels:
+    """A label raster on ``scene``'s grid; ``ignore`` defaults to its nodata, else 255.
+
+    Classes: ``classes`` if given (every id in the raster must be in it), else the names the
+    raster carries (:func:`rsseg.classes.raster_classes`), else ``class <id>`` per id found.
+    """
+    labels, carried = _read_mask(Path(path), ignore, scene)
+    found = np.flatnonzero(np.bincount(labels.ravel(), minlength=256)[:IGNORE])
+    if not found.size:
+        raise InputError(f"{path}: no labelled pixel (every pixel is the ignore value)",
+                         "check the file or pass the right ignore value (--nodata)")
+    return SparseLabels(labels, _table_for(found, classes or carried, path))
+
+
+def _read_mask(path: Path, ignore: float | None, grid: SceneInfo | None,
+               ) -> tuple[np.ndarray, ClassTable | None]:
+    """Band 1 as uint8 ids with 255 where unlabelled, and the classes the file carries.
+
+    Unlabelled: the ignore value (default: the file's nodata), NaN, and 255 always. A mask
+    without georeferencing only has to match ``grid``'s size.
+    """
+    with open_scene(path, nodata=ignore) as mask:
+        info = mask.info
+        if info.count != 1:
+            raise InputError(f"{path}: a label raster has one band of class ids, this has "
+                             f"{info.count}", "give a single-band label raster")
+        if grid is not None and (info.georeferenced or
+                                 (grid.width, grid.height) != (info.width, info.height)):
+            check_same_grid(grid, info, "resample the labels onto the scene grid first")
+        pixels = mask.read(Window(0, 0, info.width, info.height))
+        valid = mask.valid_mask(pixels) & (pixels[0] != IGNORE)
+        carried = raster_classes(mask)
+    values = pixels[0][valid]
+    bad = values[(values < 0) | (values > MAX_ID) | (values != np.round(values))]
+    if bad.size:
+        raise InputError(f"{path}: value {bad[0]:g} is not a class id (ids are whole numbers "
+                         f"0..{MAX_ID})", "pass the unlabelled value with --nodata")
+    labels = np.full(valid.shape, IGNORE, dtype=np.uint8)
+    labels[valid] = values.astype(np.uint8)
+    return labels, carried
+
+
+def _table_for(found: np.ndarray, classes: ClassTable | None, source: Path) -> ClassTable:
+    if classes is None:
+        return ClassTable.from_ids(int(i) for i in found)
+    unknown = sorted(set(found.tolist()) - set(classes.ids))
+    if unknown:
+        raise InputError(f"{source}: class id(s) {unknown} are not in the classes table "
+                         f"(ids {list(classes.ids)})", "add them to the classes file")
+    return classes
+
+
+def read_vector_labels(path: str | Path, column: str, scene: SceneInfo,
+                       classes: ClassTable | None = None) -> SparseLabels:
+    """Rasterize labelled points/lines/polygons onto ``scene``'s grid (later features win).
+
+    Class ids: a numeric column holds ids (names from ``classes`` or ``class <id>``); a text
+    column holds names, matched to ``classes`` or, without it, numbered 1.. in sorted order.
+    Features outside the scene, without a class, or covering no pixel centre are skipped with a
+    warning; no labelled pixel at all is an error.
+    """
+    layer = read_vector(path, column, scene.crs)
+    ids, table = _feature_ids(layer.values, layer.numeric, classes, Path(path), column)
+    n = len(ids)
+    usable = np.array([g is not None and not g.is_empty for g in layer.geometries], dtype=bool)
+    usable &= ids >= 0
+    inside = intersects_scene(layer.geometries, scene) & usable
+    index = burn_feature_index(np.where(inside, layer.geometries, None), scene)
+    burned = np.bincount(index[index >= 0], minlength=n)
+    _warn_skipped(Path(path), n, usable, inside, burned)
+    lut = np.append(ids, IGNORE).astype(np.uint8)  # index -1 → IGNORE
+    labels = lut[index]
+    if not np.any(labels != IGNORE):
+        raise InputError(f"{path}: no labelled pixel inside the scene ({int(inside.sum())} of {n} "
+                         "features touch it)", "check the labels' extent and CRS against the scene")
+    return SparseLabels(labels, table)
+
+
+def _feature_ids(values: np.ndarray, numeric: bool, classes: ClassTable | None, path: Path,
+                 column: str) -> tuple[np.ndarray, ClassTable]:
+    """Class id per feature (-1 where the value is missing) and the class table."""
+    if numeric:
+        known = ~np.isnan(values)
+        bad = values[known & ((values < 0) | (values > MAX_ID) | (values != np.round(values)))]
+        if bad.size:
+            raise InputError(f"{path}: column {column!r} value {bad[0]:g} is not a class id "
+                             f"(whole numbers 0..{MAX_ID})", "use a column of class ids or names")
+        ids = np.where(known, values, -1).astype(np.int64)
+        found = np.unique(ids[known])
+        return ids, _table_for(found, classes, path)
+    names = sorted({v for v in values if v is not None})
+    if classes is None:
+        classes = ClassTable.from_ids(range(1, len(names) + 1), dict(enumerate(names, 1)))
+    lookup = classes.id_of_name()
+    unknown = [v for v in names if v not in lookup]
+    if unknown:
+        raise InputError(f"{path}: class name(s) {unknown} are not in the classes table "
+                         f"({', '.join(classes.names)})", "add them to the classes file")
+    return np.array([lookup[v] if v is not None else -1 for v in values], dtype=np.int64), classes
+
+
+def _warn_skipped(path: Path, n: int, usable: np.ndarray, inside: np.ndarray,
+                  burned: np.ndarray) -> None:
+    no_class = int((~usable).sum())
+    outside = int((usable & ~inside).sum())
+    unburned = int((inside & (burned == 0)).sum())
+    if no_class:
+        warnings.warn(f"{path.name}: {no_class} of {n} features have no geometry or no class; "
+                      "skipped", UserWarning, stacklevel=3)
+    if outside:
+        warnings.warn(f"{path.name}: {outside} of {n} features fall outside the scene; skipped",
+                      UserWarning, stacklevel=3)
+    if unburned:
+        warnings.warn(f"{path.name}: {unburned} features inside the scene cover no pixel centre "
+                      "(smaller than a pixel, or covered by later features)", UserWarning,
+                      stacklevel=3)
+
+
+# --- tile folders ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tile:
+    """An image tile and its mask (None where the tile is unlabelled)."""
+
+    image: Path
+    mask: Path | None
+
+    @property
+    def stem(self) -> str:
+        return self.image.stem
+
+
+@dataclass(frozen=True)
+class TileSet:
+    """A tile folder after choosing the labelled subset.
+
+    ``labelled``: tiles whose masks are used; ``unlabelled``: every other image (tiles without a
+    mask and labelled tiles left out by ``label_fraction``), e.g. for pretraining.
+    """
+
+    labelled: tuple[Tile, ...]
+    unlabelled: tuple[Tile, ...]
+    classes: ClassTable
+
+
+def scan_tiles(folder: str | Path) -> list[Tile]:
+    """Tiles of ``folder/images`` paired by stem with ``folder/labels`` masks, sorted by stem."""
+    folder = Path(folder)
+    images_dir, masks_dir = folder / "images", folder / "labels"
+    if not images_dir.is_dir():
+        raise InputError(f"{folder}: no images/ subfolder",
+                         "lay tiles out as images/NAME.tif and labels/NAME.png")
+    images = {p.stem: p for p in sorted(images_dir.iterdir())
+              if p.suffix.lower() in IMAGE_SUFFIXES}
+    if not images:
+        raise InputError(f"{images_dir}: no image tiles ({', '.join(IMAGE_SUFFIXES)})",
+                         "check the folder")
+    masks = {p.stem: p for p in sorted(masks_dir.iterdir())
+             if p.suffix.lower() in MASK_SUFFIXES} if masks_dir.is_dir() else {}
+    orphans = sorted(set(masks) - set(images))
+    if orphans:
+        raise InputError(f"{masks_dir}: {len(orphans)} mask(s) without an image, e.g. "
+                         f"{orphans[0]}", "give every mask an image with the same stem")
+    return [Tile(images[s], masks.get(s)) for s in sorted(images)]
+
+
+def select_fraction(tiles: Sequence[Tile], fraction: float, seed: int) -> list[Tile]:
+    """A reproducible ``fraction`` of ``tiles`` (at least one), in stem order.
+
+    The subset depends only on the stems and ``seed``; for one seed, a smaller fraction is a
+    subset of a larger one.
+    """
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"label fraction {fraction} is outside (0, 1]", "use e.g. 0.01 for 1%")
+    ordered = sorted(tiles, key=lambda t: t.stem)
+    if not ordered:
+        return []
+    n = max(1, math.floor(fraction * len(ordered) + 0.5))
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    return [ordered[i] for i in sorted(order[:n])]
+
+
+def split_by_group(tiles: Sequence[Tile], val_fraction: float, seed: int,
+                   group: str | None = None) -> tuple[list[Tile], list[Tile]]:
+    """Reproducible train/validation split that never separates tiles of one group.
+
+    ``group`` is a regex matched at the start of each stem (e.g. ``r"tile\\d+"`` for the Dubai
+    tiles, whose neighbouring images are correlated); None makes each tile its own group. At
+    least one group goes to each side.
+    """
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"validation fraction {val_fraction} is outside (0, 1)",
+                          "use e.g. 0.2")
+    keys = [_group_key(t.stem, group) for t in tiles]
+    groups = sorted(set(keys))
+    if len(groups) < 2:
+        raise InputError(f"{len(tiles)} tile(s) in {len(groups)} group(s): a train/validation "
+                         "split needs at least two groups", "add tiles or change the grouping")
+    n_val = min(len(groups) - 1, max(1, math.floor(val_fraction * len(groups) + 0.5)))
+    order = np.random.default_rng(seed).permutation(len(groups))
+    val_groups = {groups[i] for i in order[:n_val]}
+    train = [t for t, k in zip(tiles, keys, strict=True) if k not in val_groups]
+    val = [t for t, k in zip(tiles, keys, strict=True) if k in val_groups]
+    return train, val
+
+
+def _group_key(stem: str, group: str | None) -> str:
+    match = re.match(group, stem) if group else None
+    return match.group(0) if match else stem
+
+
+def load_tile_folder(folder: str | Path, label_fraction: float = 1.0, seed: int = 0,
+                     classes: ClassTable | None = None, ignore: float | None = None) -> TileSet:
+    """Scan ``folder``, keep a reproducible ``label_fraction`` of the labelled tiles.
+
+    Without ``classes`` the class table lists the ids found in the kept masks.
+    """
+    tiles = scan_tiles(folder)
+    with_mask = [t for t in tiles if t.mask is not None]
+    if not with_mask:
+        raise InputError(f"{folder}: no tile has a mask in labels/",
+                         "add masks with the same stems as the images")
+    kept = select_fraction(with_mask, label_fraction, seed)
+    kept_set = {t.stem for t in kept}
+    if classes is None:
+        seen: set[int] = set()
+        for tile in kept:
+            seen |= set(read_tile_labels(tile, ignore).counts())
+        classes = ClassTable.from_ids(seen)
+    return TileSet(tuple(kept), tuple(t for t in tiles if t.stem not in kept_set), classes)
+
+
+def read_tile_labels(tile: Tile, ignore: float | None = None,
+                     classes: ClassTable | None = None) -> SparseLabels:
+    """A tile's mask as :class:`SparseLabels` on the tile's grid; ignore as in read_label_raster.
+
+    The mask must have the image's size; a georeferenced mask also its transform and CRS.
+    """
+    if tile.mask is None:
+        raise InputError(f"{tile.image}: tile has no mask", "pick tiles from TileSet.labelled")
+    with warnings.catch_warnings():  # plain PNG/JPEG tiles are expected here
+        warnings.filterwarnings("ignore", message=".*no CRS/georeferencing.*")
+        with open_scene(tile.image) as image:
+            grid = image.info
+        labels, carried = _read_mask(tile.mask, ignore, grid)
+    found = np.flatnonzero(np.bincount(labels.ravel(), minlength=256)[:IGNORE])
+    return SparseLabels(labels, _table_for(found, classes or carried, tile.mask))

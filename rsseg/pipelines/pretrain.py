@@ -1,0 +1,108 @@
+"""``rsseg pretrain``: self-supervised pretraining of a segmentation model on unlabelled tiles.
+
+tiles → normalised tiles (tile-set statistics) → the pretext's sampler (e.g. GLCNet's two views
+with pixel correspondence) → Lightning (checkpoints, resume, DDP, mixed precision) → the exported
+backbone with band/statistics metadata in ``RUN/backbone.safetensors``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
+
+from rsseg.config import PretrainConfig
+from rsseg.errors import InputError
+from rsseg.io.tileset import TileSet, load_tileset
+from rsseg.models.backbone import BackboneMeta, export_backbone
+from rsseg.models.bundle import BandNorm
+from rsseg.models.factory import ModelSpec, build_model, required_multiple
+from rsseg.pretexts.base import get_pretext
+from rsseg.training.data import PretrainTiles
+from rsseg.training.diagnostics import SpectrumMonitor
+from rsseg.training.engine import build_trainer
+from rsseg.training.modules import PretrainModule
+from rsseg.training.run_folder import prepare_run
+
+LOCAL_FEATURES = 64  # GLCNet builds the pretraining model with classes=64 (official code)
+
+
+def band_norms(tileset: TileSet) -> list[BandNorm]:
+    """The tile set's per-band normalisation, as stored in backbones and bundles."""
+    return [BandNorm(name=n, mean=float(m), std=float(s))
+            for n, m, s in zip(tileset.band_names, tileset.mean, tileset.std, strict=True)]
+
+
+class ExportBackbone(Callback):
+    """Export ``RUN/backbone.safetensors`` at the end of every epoch (rank zero)."""
+
+    def __init__(self, run: Path, meta: BackboneMeta) -> None:
+        self.run, self.meta = run, meta
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            meta = self.meta.model_copy(update={"epochs": trainer.current_epoch + 1})
+            export_backbone(module.model, meta, self.run)
+
+
+def diagnostic_images(dataset: PretrainTiles, count: int, size: int) -> torch.Tensor:
+    """A fixed, evenly spaced sample of tiles, centre-cropped to ``size``: ``(N, C, S, S)``."""
+    picks = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int)
+    tiles = []
+    for i in np.unique(picks):
+        tile, _ = dataset.tile(int(i))
+        top, left = (tile.shape[1] - size) // 2, (tile.shape[2] - size) // 2
+        tiles.append(tile[:, max(top, 0):max(top, 0) + size, max(left, 0):max(left, 0) + size])
+    return torch.from_numpy(np.stack(tiles))
+
+
+def pretrain(tiles_dir: str | Path, out: str | Path, config: PretrainConfig,
+             resume: bool = False, overwrite: bool = False) -> Path:
+    """Pretrain ``config.model`` with ``config.pretext`` on the tiles; return the run folder."""
+    out = Path(out)
+    tileset = load_tileset(tiles_dir)
+    spec = ModelSpec(arch=config.model.arch, encoder=config.model.encoder,
+                     in_channels=tileset.band_count, classes=LOCAL_FEATURES,
+                     kwargs=config.model.kwargs)
+    multiple = required_multiple(spec)
+    size = config.data.view_size
+    if size % multiple:
+        raise InputError(f"data.view_size {size} is not a multiple of {multiple}, "
+                         f"which {spec.arch}/{spec.encoder} requires",
+                         f"use e.g. --set data.view_size={size // multiple * multiple or multiple}")
+    if tileset.tile_size is not None and tileset.tile_size < size:
+        raise InputError(f"tiles of {tileset.tile_size} px are smaller than data.view_size {size}",
+                         "tile with a larger --size or lower data.view_size")
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    model = build_model(spec)
+    params = dict(config.pretext.params)
+    params.setdefault("view_size", size)
+    pretext = get_pretext(config.pretext.name, model, **params)
+    pretext.check_data({"two_views"})
+    ckpt = prepare_run(out, config, resume=resume, overwrite=overwrite)
+
+    dataset = PretrainTiles(tileset.paths, tileset.mean, tileset.std, tileset.nodata,
+                            pretext.sampler())
+    batch = min(config.trainer.batch_size, len(dataset))
+    if batch < 2:
+        raise InputError(f"{tiles_dir}: contrastive pretraining needs at least 2 tiles, found "
+                         f"{len(dataset)}", "tile more scenes or a smaller --size")
+    workers = config.trainer.num_workers
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
+                        num_workers=workers, persistent_workers=workers > 0,
+                        pin_memory=torch.cuda.is_available())
+    meta = BackboneMeta(arch=spec.arch, encoder=spec.encoder, kwargs=spec.kwargs,
+                        bands=band_norms(tileset), pretext=config.pretext.name, epochs=0)
+    callbacks = [
+        SpectrumMonitor(diagnostic_images(dataset, config.data.diagnostic_samples, size), out),
+        ExportBackbone(out, meta),
+    ]
+    trainer = build_trainer(config.trainer, out, f"pretrain {config.pretext.name}",
+                            callbacks=callbacks)
+    module = PretrainModule(model, pretext, config.optim, config.trainer.epochs)
+    trainer.fit(module, loader, ckpt_path=ckpt)
+    return out

@@ -1,0 +1,145 @@
+"""Datasets for the engine: pretraining views of tiles, supervised crops of labelled rasters.
+
+Every item is normalised per band with the statistics that travel with the tiles and the bundle:
+``(x - mean) / std`` in float32, nodata pixels set to 0 (the band mean). Arrays are ``(C, H, W)``.
+Rasters are opened lazily once per DataLoader worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+from torch.utils.data import Dataset
+
+from rsseg.io.raster import Scene, open_scene
+
+
+def normalize(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray,
+              valid: np.ndarray | None = None) -> np.ndarray:
+    """``(C, H, W)`` any dtype → float32 ``(x - mean) / std``; invalid pixels → 0."""
+    mean = np.asarray(mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(std, dtype=np.float32)[:, None, None]
+    out = (pixels.astype(np.float32) - mean) / std
+    if valid is not None:
+        out[:, ~valid] = 0.0
+    return np.nan_to_num(out, copy=False)
+
+
+def item_rng() -> np.random.Generator:
+    """A generator drawn from torch's RNG: seeded by Lightning, different per worker and epoch."""
+    return np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+
+
+class _LazyScenes:
+    """Open rasters on first use in each process (rasterio handles do not cross processes)."""
+
+    def __init__(self, nodata: float | None) -> None:
+        self.nodata = nodata
+        self._open: dict[Path, tuple[object, Scene]] = {}
+
+    def __getstate__(self) -> dict:
+        return {"nodata": self.nodata, "_open": {}}
+
+    def get(self, path: Path) -> Scene:
+        if path not in self._open:
+            ctx = open_scene(path, nodata=self.nodata)
+            self._open[path] = (ctx, ctx.__enter__())
+        return self._open[path][1]
+
+    def read(self, path: Path, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
+        scene = self.get(path)
+        window = window or Window(0, 0, scene.info.width, scene.info.height)
+        pixels = scene.read(window, boundless=True)
+        return pixels, scene.valid_mask(pixels)
+
+
+class PretrainTiles(Dataset):
+    """Unlabelled tiles → one pretext batch item each (``sampler(tile, rng, valid)``)."""
+
+    def __init__(self, paths: Sequence[Path], mean: np.ndarray, std: np.ndarray,
+                 nodata: float | None,
+                 sampler: Callable[..., dict[str, np.ndarray]]) -> None:
+        self.paths = list(paths)
+        self.mean, self.std = mean, std
+        self.sampler = sampler
+        self.scenes = _LazyScenes(nodata)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def tile(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The normalised tile ``(C, H, W)`` float32 and its valid mask ``(H, W)``."""
+        pixels, valid = self.scenes.read(self.paths[index])
+        return normalize(pixels, self.mean, self.std, valid), valid
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        tile, valid = self.tile(index)
+        views = self.sampler(tile, item_rng(), valid)
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in views.items()}
+
+
+def dihedral(x: np.ndarray, y: np.ndarray, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Random flip + rot90 applied to an image ``(C, H, W)`` and its labels ``(H, W)``."""
+    k = int(rng.integers(4))
+    x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k)
+    if rng.random() < 0.5:
+        x, y = x[:, :, ::-1], y[:, ::-1]
+    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
+class LabelledCrops(Dataset):
+    """Square crops of labelled rasters, each centred on a labelled pixel.
+
+    ``sources`` pairs a raster path with its label array ``(H, W)`` (uint8 class *indices*,
+    ``ignore`` = unlabelled) on that raster's grid; ``centres`` lists ``(source, row, col)``
+    of labelled pixels to centre crops on. Nodata pixels become ``ignore``.
+    """
+
+    def __init__(self, sources: Sequence[tuple[Path, np.ndarray]], centres: np.ndarray,
+                 crop: int, mean: np.ndarray, std: np.ndarray, nodata: float | None,
+                 ignore: int = 255, augment: bool = True, length: int | None = None) -> None:
+        self.sources = list(sources)
+        self.centres = centres
+        self.crop, self.ignore, self.augment = crop, ignore, augment
+        self.mean, self.std = mean, std
+        self.length = length or len(centres)
+        self.scenes = _LazyScenes(nodata)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def window(self, index: int, rng: np.random.Generator | None) -> tuple[int, Window]:
+        src, row, col = (int(v) for v in self.centres[index % len(self.centres)])
+        jitter = rng.integers(-self.crop // 4, self.crop // 4 + 1, 2) if rng else (0, 0)
+        top = row - self.crop // 2 + int(jitter[0])
+        left = col - self.crop // 2 + int(jitter[1])
+        return src, Window(left, top, self.crop, self.crop)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = item_rng() if self.augment else None
+        src, window = self.window(index, rng)
+        path, labels = self.sources[src]
+        pixels, valid = self.scenes.read(path, window)
+        y = crop_labels(labels, window, self.ignore)
+        y[~valid] = self.ignore
+        x = normalize(pixels, self.mean, self.std, valid)
+        if rng is not None:
+            x, y = dihedral(x, y, rng)
+        return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+
+def crop_labels(labels: np.ndarray, window: Window, fill: int) -> np.ndarray:
+    """``labels[window]`` with the parts outside the array filled with ``fill``."""
+    out = np.full((int(window.height), int(window.width)), fill, dtype=labels.dtype)
+    r0, c0 = int(window.row_off), int(window.col_off)
+    rs, cs = max(r0, 0), max(c0, 0)
+    re = min(r0 + int(window.height), labels.shape[0])
+    ce = min(c0 + int(window.width), labels.shape[1])
+    if re > rs and ce > cs:
+        out[rs - r0:re - r0, cs - c0:ce - c0] = labels[rs:re, cs:ce]
+    return out

@@ -1,0 +1,88 @@
+"""The one training engine: a Lightning Trainer configured from :class:`TrainerConfig`.
+
+Pretraining and fine-tuning differ only in their LightningModule; checkpoints, resume, the CSV
+log, the loss plot, mixed precision and DDP over devices/nodes come from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from rsseg.config import OptimConfig, TrainerConfig
+from rsseg.errors import ConfigError
+from rsseg.training.plots import plot_losses
+
+
+class LossPlot(Callback):
+    """Redraw ``RUN/loss.png`` from the CSV log at the end of every epoch (rank zero only)."""
+
+    def __init__(self, run: Path, title: str) -> None:
+        self.run, self.title = run, title
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            trainer.logger.save()
+            plot_losses(self.run / "metrics.csv", self.run / "loss.png", self.title)
+
+
+def resolve_accelerator(name: str) -> str:
+    """Map ``auto|cpu|cuda|gpu`` to Lightning's names; a missing GPU is a clear error."""
+    if name in ("cuda", "gpu"):
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but no CUDA GPU is available",
+                              "use --device cpu or auto")
+        return "gpu"
+    return name
+
+
+def build_trainer(cfg: TrainerConfig, run: Path, title: str,
+                  monitor: str | None = None, callbacks: list[Callback] | None = None
+                  ) -> L.Trainer:
+    """A Trainer that checkpoints ``last.ckpt`` each epoch (and ``best.ckpt`` by ``monitor``)."""
+    ckpts = [ModelCheckpoint(dirpath=run / "checkpoints", save_last=True, save_top_k=0,
+                             every_n_epochs=1)]
+    if monitor:
+        ckpts.append(ModelCheckpoint(dirpath=run / "checkpoints", filename="best",
+                                     monitor=monitor, mode="max", save_top_k=1,
+                                     enable_version_counter=False))
+    distributed = cfg.devices > 1 or cfg.num_nodes > 1
+    strategy = cfg.strategy if cfg.strategy != "auto" or not distributed else "ddp"
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
+    return L.Trainer(
+        max_epochs=cfg.epochs,
+        limit_train_batches=cfg.steps_per_epoch,
+        accelerator=resolve_accelerator(cfg.accelerator),
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=strategy,
+        precision=cfg.precision,
+        logger=CSVLogger(save_dir=run, name="", version=""),
+        callbacks=[*ckpts, LossPlot(run, title), RichProgressBar(leave=True),
+                   *(callbacks or [])],
+        log_every_n_steps=cfg.log_every_n_steps,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=run,
+    )
+
+
+def optimizer_and_schedule(params, optim: OptimConfig, epochs: int) -> dict:
+    """Adam with the configured per-epoch schedule (cosine to ``min_lr`` or ×gamma)."""
+    opt = torch.optim.Adam(params, lr=optim.lr, betas=optim.betas,
+                           weight_decay=optim.weight_decay)
+    if optim.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=optim.min_lr)
+    elif optim.schedule == "exponential":
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=optim.gamma)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
