@@ -146,7 +146,7 @@ def read_classes(path: str | Path) -> ClassTable:
         data = data.get("classes")
     if not isinstance(data, list) or not all(isinstance(r, Mapping) for r in data):
         raise InputError(f"{path}: expected a list of {{id, name, color}} entries",
-                         "see configs/classes_nc_landcover.yaml for the format")
+                         "see rsseg/data/nc_landsat/classes_nc_landcover.yaml for the format")
     return ClassTable.from_records(data, source=str(path))
 
 

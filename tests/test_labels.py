@@ -31,7 +31,7 @@ from rsseg.labels import (
 
 H, W = 10, 12
 X0, Y0, RES = 500_000.0, 4_500_000.0, 10.0  # the conftest grid, EPSG:32618
-NC_CLASSES = Path(__file__).resolve().parents[1] / "configs" / "classes_nc_landcover.yaml"
+NC_CLASSES = Path(__file__).resolve().parents[1] / "rsseg" / "data" / "nc_landsat" / "classes_nc_landcover.yaml"
 
 
 def centre(row: int, col: int) -> tuple[float, float]:

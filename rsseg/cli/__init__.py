@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 # Each module registers its command(s) on ``app`` when imported.
-_COMMAND_MODULES = ("tile", "info", "predict", "pretrain", "finetune", "evaluate", "demo")
+_COMMAND_MODULES = ("tile", "pretrain", "finetune", "predict", "evaluate", "info", "demo")
 for _name in _COMMAND_MODULES:
     try:
         importlib.import_module(f"rsseg.cli.{_name}")

@@ -26,7 +26,7 @@ from rsseg.errors import InputError, UsageError
 from rsseg.io.raster import open_scene
 from rsseg.labels import load_labels, load_tile_folder, read_tile_labels, split_by_group
 from rsseg.models.backbone import load_backbone, read_backbone
-from rsseg.models.bundle import BandNorm, BundleMeta, ClassInfo, save_bundle
+from rsseg.models.bundle import BandNorm, BundleMeta, ClassEntry, save_bundle
 from rsseg.models.factory import ModelSpec, build_model, required_multiple
 from rsseg.tiling.stats import RunningStats
 from rsseg.tiling.windows import grid_windows
@@ -233,8 +233,7 @@ def finetune(out: str | Path, config: FinetuneConfig, *, scenes: list[Path] | No
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     meta = BundleMeta(
         model=spec, bands=norms,
-        classes=[ClassInfo(id=c.id, name=c.name, color=c.color)
-                 for c in sources.classes.classes],
+        classes=[ClassEntry(**record) for record in sources.classes.to_records()],
         ignore_id=IGNORE, tile=config.tile, overlap=config.overlap,
         resolution=sources.resolution,
     )

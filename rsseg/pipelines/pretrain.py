@@ -7,12 +7,14 @@ backbone with band/statistics metadata in ``RUN/backbone.safetensors``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch import nn
 from torch.utils.data import DataLoader
 
 from rsseg.config import PretrainConfig
@@ -21,7 +23,7 @@ from rsseg.io.tileset import TileSet, load_tileset
 from rsseg.models.backbone import BackboneMeta, export_backbone
 from rsseg.models.bundle import BandNorm
 from rsseg.models.factory import ModelSpec, build_model, required_multiple
-from rsseg.pretexts.base import get_pretext
+from rsseg.pretexts.base import Pretext, get_pretext, pretext_class
 from rsseg.training.data import PretrainTiles
 from rsseg.training.diagnostics import SpectrumMonitor
 from rsseg.training.engine import build_trainer
@@ -60,10 +62,26 @@ def diagnostic_images(dataset: PretrainTiles, count: int, size: int) -> torch.Te
     return torch.from_numpy(np.stack(tiles))
 
 
-def pretrain(tiles_dir: str | Path, out: str | Path, config: PretrainConfig,
-             resume: bool = False, overwrite: bool = False) -> Path:
-    """Pretrain ``config.model`` with ``config.pretext`` on the tiles; return the run folder."""
-    out = Path(out)
+@dataclass
+class Pretraining:
+    """Everything a pretraining run trains on: model, pretext (heads) and dataset."""
+
+    spec: ModelSpec
+    model: nn.Module
+    pretext: Pretext
+    dataset: PretrainTiles
+    tileset: TileSet
+
+    def loader(self, config: PretrainConfig) -> DataLoader:
+        batch = min(config.trainer.batch_size, len(self.dataset))
+        workers = config.trainer.num_workers
+        return DataLoader(self.dataset, batch_size=batch, shuffle=True, drop_last=True,
+                          num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+
+def build_pretraining(tiles_dir: str | Path, config: PretrainConfig) -> Pretraining:
+    """Check the tiles against the config and build model, pretext and dataset."""
     tileset = load_tileset(tiles_dir)
     spec = ModelSpec(arch=config.model.arch, encoder=config.model.encoder,
                      in_channels=tileset.band_count, classes=LOCAL_FEATURES,
@@ -77,32 +95,34 @@ def pretrain(tiles_dir: str | Path, out: str | Path, config: PretrainConfig,
     if tileset.tile_size is not None and tileset.tile_size < size:
         raise InputError(f"tiles of {tileset.tile_size} px are smaller than data.view_size {size}",
                          "tile with a larger --size or lower data.view_size")
+    if len(tileset.paths) < 2:
+        raise InputError(f"{tiles_dir}: contrastive pretraining needs at least 2 tiles, found "
+                         f"{len(tileset.paths)}", "tile more scenes or a smaller --size")
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     model = build_model(spec)
     params = dict(config.pretext.params)
-    params.setdefault("view_size", size)
+    if "view_size" in pretext_class(config.pretext.name).config_class.model_fields:
+        params.setdefault("view_size", size)
     pretext = get_pretext(config.pretext.name, model, **params)
     pretext.check_data({"two_views"})
-    ckpt = prepare_run(out, config, resume=resume, overwrite=overwrite)
-
     dataset = PretrainTiles(tileset.paths, tileset.mean, tileset.std, tileset.nodata,
                             pretext.sampler())
-    batch = min(config.trainer.batch_size, len(dataset))
-    if batch < 2:
-        raise InputError(f"{tiles_dir}: contrastive pretraining needs at least 2 tiles, found "
-                         f"{len(dataset)}", "tile more scenes or a smaller --size")
-    workers = config.trainer.num_workers
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
-                        num_workers=workers, persistent_workers=workers > 0,
-                        pin_memory=torch.cuda.is_available())
-    meta = BackboneMeta(arch=spec.arch, encoder=spec.encoder, kwargs=spec.kwargs,
-                        bands=band_norms(tileset), pretext=config.pretext.name, epochs=0)
-    callbacks = [
-        SpectrumMonitor(diagnostic_images(dataset, config.data.diagnostic_samples, size), out),
-        ExportBackbone(out, meta),
-    ]
+    return Pretraining(spec, model, pretext, dataset, tileset)
+
+
+def pretrain(tiles_dir: str | Path, out: str | Path, config: PretrainConfig,
+             resume: bool = False, overwrite: bool = False) -> Path:
+    """Pretrain ``config.model`` with ``config.pretext`` on the tiles; return the run folder."""
+    out = Path(out)
+    job = build_pretraining(tiles_dir, config)
+    ckpt = prepare_run(out, config, resume=resume, overwrite=overwrite)
+    meta = BackboneMeta(arch=job.spec.arch, encoder=job.spec.encoder, kwargs=job.spec.kwargs,
+                        bands=band_norms(job.tileset), pretext=config.pretext.name, epochs=0)
+    images = diagnostic_images(job.dataset, config.data.diagnostic_samples,
+                               config.data.view_size)
+    callbacks = [SpectrumMonitor(images, out), ExportBackbone(out, meta)]
     trainer = build_trainer(config.trainer, out, f"pretrain {config.pretext.name}",
                             callbacks=callbacks)
-    module = PretrainModule(model, pretext, config.optim, config.trainer.epochs)
-    trainer.fit(module, loader, ckpt_path=ckpt)
+    module = PretrainModule(job.model, job.pretext, config.optim, config.trainer.epochs)
+    trainer.fit(module, job.loader(config), ckpt_path=ckpt)
     return out

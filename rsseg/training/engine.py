@@ -55,8 +55,9 @@ def build_trainer(cfg: TrainerConfig, run: Path, title: str,
     distributed = cfg.devices > 1 or cfg.num_nodes > 1
     strategy = cfg.strategy if cfg.strategy != "auto" or not distributed else "ddp"
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
+    for noise in (".*does not have many workers.*", ".*exists and is not empty.*",
+                  ".*smaller than the logging interval.*", ".*LeafSpec.*"):
+        warnings.filterwarnings("ignore", noise)
     return L.Trainer(
         max_epochs=cfg.epochs,
         limit_train_batches=cfg.steps_per_epoch,
