@@ -1,4 +1,4 @@
-"""All rasterio access: opening scenes, reading windows, nodata masks.
+"""All rasterio access: opening scenes, reading windows, nodata masks, writing tiles.
 
 Everything above this module deals in numpy arrays, :class:`rasterio.windows.Window` and plain
 profile dicts. Arrays are band-first: ``(C, H, W)``.
@@ -14,10 +14,22 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-from rasterio.windows import Window
+from rasterio.dtypes import in_dtype_range
+from rasterio.errors import (
+    NodataShadowWarning,
+    NotGeoreferencedWarning,
+    RasterioError,
+    RasterioIOError,
+)
+from rasterio.windows import Window, intersect
+from rasterio.windows import transform as window_transform
 
-from rsseg.errors import InputError
+from rsseg.errors import InputError, OutputError
+from rsseg.tiling.windows import align_stop
+
+# Reads are extended to block boundaries only for blocks up to this many rows; taller blocks
+# (e.g. one strip per image) would hold too much in memory and are left to GDAL's block cache.
+MAX_ALIGNED_BLOCK_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -56,14 +68,32 @@ class Scene:
     def count(self) -> int:
         return len(self.bands)
 
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        """Names of the selected bands, in selection order."""
+        return tuple(self.info.band_names[b - 1] for b in self.bands)
+
+    @property
+    def fill_value(self) -> float:
+        """What pixels outside the scene are filled with: nodata, or 0 when there is none."""
+        return self.info.nodata if self.info.nodata is not None else 0
+
     def read(self, window: Window, boundless: bool = False) -> np.ndarray:
         """Pixels of ``window`` for the selected bands, shape ``(C, h, w)``, source dtype.
 
         With ``boundless=True`` the parts outside the scene are filled with nodata (or 0).
+        Raises :class:`InputError` when the pixels cannot be decoded (truncated/corrupt file).
         """
-        fill = self.info.nodata if self.info.nodata is not None else 0
-        return self.src.read(list(self.bands), window=window, boundless=boundless,
-                             fill_value=fill)
+        try:
+            with warnings.catch_warnings():  # nodata is honoured explicitly, not via masks
+                warnings.simplefilter("ignore", NodataShadowWarning)
+                return self.src.read(list(self.bands), window=window, boundless=boundless,
+                                     fill_value=self.fill_value)
+        except RasterioError as err:
+            rows = f"rows {int(window.row_off)}-{int(window.row_off + window.height)}"
+            detail = _first_line(err.__cause__ or err)
+            raise InputError(f"{self.info.path}: cannot read {rows} ({detail})",
+                             "the file is truncated or corrupt; re-export it") from None
 
     def valid_mask(self, pixels: np.ndarray) -> np.ndarray:
         """``(H, W)`` bool, True where a pixel holds data in at least one band.
@@ -76,6 +106,98 @@ class Scene:
         if self.info.nodata is not None and not np.isnan(self.info.nodata):
             invalid |= (pixels == np.asarray(self.info.nodata, dtype=pixels.dtype)).all(axis=0)
         return ~invalid
+
+
+class RowBandReader:
+    """Serves windows from a rolling band of scene rows, top to bottom.
+
+    Windows must come in non-decreasing order of their first row inside the scene; they may
+    extend past (or lie wholly outside) the scene, the outside part filled with
+    :attr:`Scene.fill_value`. The band spans the full scene width. Each source row is read at
+    most once and reads end on internal block boundaries (blocks up to
+    :data:`MAX_ALIGNED_BLOCK_ROWS` rows), so overlapping windows never re-read a block.
+    Memory: ``C x (window height + block rows) x width``.
+    """
+
+    def __init__(self, scene: Scene) -> None:
+        self.scene = scene
+        block_rows = scene.info.block_shape[0]
+        self._align = block_rows if block_rows <= MAX_ALIGNED_BLOCK_ROWS else 1
+        self._top = 0
+        self._rows = np.empty((scene.count, 0, scene.info.width), dtype=scene.info.dtype)
+
+    def read(self, window: Window) -> np.ndarray:
+        """Pixels of ``window``, shape ``(C, window.height, window.width)``, source dtype."""
+        info = self.scene.info
+        shape = (self.scene.count, int(window.height), int(window.width))
+        bounds = Window(0, 0, info.width, info.height)
+        if not intersect(window, bounds):
+            return np.full(shape, self.scene.fill_value, dtype=info.dtype)
+        inside = window.intersection(bounds)
+        top, bottom = int(inside.row_off), int(inside.row_off + inside.height)
+        left, right = int(inside.col_off), int(inside.col_off + inside.width)
+        self._advance(top, bottom)
+        pixels = self._rows[:, top - self._top:bottom - self._top, left:right]
+        if pixels.shape == shape:
+            return pixels
+        out = np.full(shape, self.scene.fill_value, dtype=info.dtype)
+        dr, dc = top - int(window.row_off), left - int(window.col_off)
+        out[:, dr:dr + pixels.shape[1], dc:dc + pixels.shape[2]] = pixels
+        return out
+
+    def _advance(self, top: int, bottom: int) -> None:
+        """Drop buffered rows above ``top``; read (block-aligned) what is missing to ``bottom``."""
+        if top < self._top:
+            raise ValueError(f"windows must come in row order: row {top} after {self._top}")
+        stop = self._top + self._rows.shape[1]
+        self._rows = self._rows[:, top - self._top:] if top < stop else self._rows[:, :0]
+        self._top = top
+        start = max(stop, top)
+        if bottom > start:
+            info = self.scene.info
+            end = align_stop(bottom, self._align, info.height)
+            fresh = self.scene.read(Window(0, start, info.width, end - start))
+            self._rows = np.concatenate([self._rows, fresh], axis=1)
+
+
+@contextmanager
+def bounded_block_cache(megabytes: int = 64) -> Iterator[None]:
+    """Cap GDAL's block cache (default: 5% of RAM) while each block is read once anyway.
+
+    Without it a streaming pass over a scene leaves every decoded block cached, so memory
+    grows with the scene instead of staying at one band of rows.
+    """
+    with rasterio.Env(GDAL_CACHEMAX=megabytes * 2**20):
+        yield
+
+
+def write_tile(path: Path, pixels: np.ndarray, scene: Scene, window: Window) -> None:
+    """Write ``pixels`` ``(C, h, w)`` of ``window`` of ``scene`` as a lossless GeoTIFF.
+
+    The tile keeps the source dtype, nodata and band names; a georeferenced scene gives it its
+    CRS and the window's transform. Raises :class:`OutputError` when the file cannot be written.
+    """
+    info = scene.info
+    profile = {
+        "driver": "GTiff", "width": pixels.shape[2], "height": pixels.shape[1],
+        "count": pixels.shape[0], "dtype": pixels.dtype, "nodata": info.nodata,
+        "compress": "deflate", "predictor": 3 if pixels.dtype.kind == "f" else 2,
+    }
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            warnings.simplefilter("ignore", PendingDeprecationWarning)  # affine's `*` in rasterio
+            if info.georeferenced:
+                profile.update(crs=info.crs, transform=window_transform(window, info.transform))
+            with rasterio.open(path, "w", **profile) as dst:
+                dst.write(pixels)
+                for i, name in enumerate(scene.band_names, start=1):
+                    dst.set_band_description(i, name)
+                dst.update_tags(source=str(info.path), col_off=int(window.col_off),
+                                row_off=int(window.row_off))
+    except RasterioError as err:
+        raise OutputError(f"cannot write tile {path} ({_first_line(err)})",
+                          "check free space and permissions of --out") from None
 
 
 def _parse_bands(bands: Sequence[int] | None, count: int, path: Path) -> tuple[int, ...]:
@@ -110,6 +232,7 @@ def open_scene(path: str | Path, nodata: float | None = None,
                              "give a GeoTIFF, PNG or JPEG file") from None
     try:
         info = _scene_info(src, path, nodata)
+        _check_nodata(info)
         if not info.georeferenced:
             warnings.warn(f"{path} has no CRS/georeferencing; outputs will use pixel coordinates",
                           UserWarning, stacklevel=3)
@@ -128,6 +251,17 @@ def _scene_info(src: rasterio.DatasetReader, path: Path, nodata: float | None) -
         block_shape=tuple(src.block_shapes[0]), band_names=descriptions,
         georeferenced=georeferenced,
     )
+
+
+def _check_nodata(info: SceneInfo) -> None:
+    """Refuse a nodata value the scene's dtype cannot hold (e.g. -1 or 2.5 for uint8)."""
+    value = info.nodata
+    if value is None:
+        return
+    integer = np.dtype(info.dtype).kind in "ui"
+    if not in_dtype_range(value, info.dtype) or (integer and not float(value).is_integer()):
+        raise InputError(f"{info.path}: nodata {value} does not fit its {info.dtype} pixels",
+                         f"pass a --nodata value a {info.dtype} can hold")
 
 
 def _first_line(err: Exception) -> str:

@@ -6,8 +6,10 @@ log, the loss plot, mixed precision and DDP over devices/nodes come from here.
 
 from __future__ import annotations
 
+import csv
 import logging
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -21,15 +23,46 @@ from rsseg.training.plots import plot_losses
 
 
 class LossPlot(Callback):
-    """Redraw ``RUN/loss.png`` from the CSV log at the end of every epoch (rank zero only)."""
+    """Redraw ``RUN/loss.png`` from the CSV log after every epoch (rank zero only).
+
+    Lightning logs epoch-level values after the callbacks' epoch-end hooks, so the plot is
+    drawn when the next epoch starts and when training ends.
+    """
 
     def __init__(self, run: Path, title: str) -> None:
         self.run, self.title = run, title
 
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def _plot(self, trainer: L.Trainer) -> None:
         if trainer.is_global_zero:
             trainer.logger.save()
             plot_losses(self.run / "metrics.csv", self.run / "loss.png", self.title)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._plot(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._plot(trainer)
+
+
+class RunLogger(CSVLogger):
+    """Lightning's CSV logger writing ``RUN/metrics.csv``, keeping the rows of a resumed run.
+
+    (Lightning's writer deletes an existing metrics file when it starts.)
+    """
+
+    def __init__(self, run: Path) -> None:
+        path = run / "metrics.csv"
+        with path.open() if path.is_file() else nullcontext([]) as f:
+            self._previous = [{k: v for k, v in row.items() if v != ""}
+                              for row in csv.DictReader(f)] if path.is_file() else []
+        super().__init__(save_dir=run, name="", version="")
+
+    @property
+    def experiment(self):
+        exp = super().experiment
+        if self._previous:
+            exp.metrics[:0], self._previous = self._previous, []
+        return exp
 
 
 def resolve_accelerator(name: str) -> str:
@@ -66,7 +99,7 @@ def build_trainer(cfg: TrainerConfig, run: Path, title: str,
         num_nodes=cfg.num_nodes,
         strategy=strategy,
         precision=cfg.precision,
-        logger=CSVLogger(save_dir=run, name="", version=""),
+        logger=RunLogger(run),
         callbacks=[*ckpts, LossPlot(run, title), RichProgressBar(leave=True),
                    *(callbacks or [])],
         log_every_n_steps=cfg.log_every_n_steps,

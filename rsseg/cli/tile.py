@@ -1,0 +1,84 @@
+"""``rsseg tile SCENE... --out DIR``: unlabeled tiles + manifest + band statistics."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from rsseg.cli import app
+from rsseg.errors import InputError
+from rsseg.pipelines.tile import TileOptions, tile_scenes
+
+
+@app.command()
+def tile(
+    scenes: list[Path] = typer.Argument(..., help="Scene rasters (GeoTIFF; PNG/JPEG warn).",
+                                        show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="Tile-set folder to create."),
+    size: int = typer.Option(256, help="Tile side in pixels."),
+    stride: int | None = typer.Option(None, help="Step between tiles in pixels [default: size]."),
+    max_nodata: float = typer.Option(0.5, help="Skip tiles with a larger nodata fraction."),
+    nodata: float | None = typer.Option(None, help="Nodata value, overriding the files'."),
+    bands: str | None = typer.Option(None, help="1-based bands, e.g. 1,2,3 [default: all]."),
+    random: int | None = typer.Option(None, help="Random mode: N windows per scene."),
+    seed: int = typer.Option(0, help="Seed of random mode."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+) -> None:
+    """Cut scenes into GeoTIFF tiles (grid or random) with manifest.csv and stats.json."""
+    options = TileOptions(size=size, stride=stride, max_nodata=max_nodata, nodata=nodata,
+                          bands=_parse_bands(bands), random=random, seed=seed,
+                          overwrite=overwrite)
+    console = Console(stderr=True)
+    columns = (TextColumn("tiling"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    with _one_line_warnings(), Progress(*columns, console=console,
+                                        disable=not console.is_terminal) as bar:
+        task = bar.add_task("tiling", total=None)
+        summary = tile_scenes(scenes, out, options,
+                              progress=lambda done, total: bar.update(task, completed=done,
+                                                                      total=total))
+    typer.echo(f"Wrote {summary.written} tiles to {summary.out} from {summary.scenes} scene(s); "
+               f"skipped {summary.skipped} over --max-nodata {max_nodata:g}")
+
+
+def _parse_bands(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise InputError(f"--bands {text!r} is not a comma-separated list of band numbers",
+                         "write e.g. --bands 1,2,3") from None
+
+
+class _RateColumn(ProgressColumn):
+    """Tiles (windows) per second."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:.1f} tiles/s")
+
+
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Show warnings as one line ``Warning: message`` on stderr."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        typer.echo(f"Warning: {message}", err=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield

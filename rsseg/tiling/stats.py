@@ -1,0 +1,119 @@
+"""Streaming per-band statistics over valid pixels: mean, std, min, max, p2, p98, count.
+
+Feed ``(C, H, W)`` chunks with an ``(H, W)`` validity mask; memory does not grow with the data.
+
+- mean/std: exact up to float64 rounding (per-chunk float64 moments merged with Chan et al.'s
+  parallel formula); std is the population std (ddof=0).
+- percentiles: read from a 65536-bin histogram with numpy's default ("linear") interpolation
+  between order statistics. Exact for 8- and 16-bit integers (one bin per value). Any other dtype
+  is cast to float32 and binned on the top 16 bits of its order-preserving bit pattern (sign,
+  exponent, 7 mantissa bits); a bin reports its centre value, clipped to [min, max], so p2/p98 are
+  within a relative 2**-8 (0.4%) of the exact value.
+- Non-finite values (NaN, inf) in float data are excluded per band, like nodata.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NBINS = 1 << 16
+
+
+class RunningStats:
+    """Accumulates statistics for ``bands`` bands of one ``dtype``."""
+
+    def __init__(self, bands: int, dtype: str | np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        self.exact_percentiles = self.dtype.kind in "ui" and self.dtype.itemsize <= 2
+        self._offset = int(np.iinfo(self.dtype).min) if self.exact_percentiles else 0
+        self.count = np.zeros(bands, dtype=np.int64)
+        self.mean = np.zeros(bands, dtype=np.float64)
+        self.m2 = np.zeros(bands, dtype=np.float64)
+        self.min = np.full(bands, np.inf)
+        self.max = np.full(bands, -np.inf)
+        self.hist = np.zeros((bands, NBINS), dtype=np.int64)
+
+    def update(self, pixels: np.ndarray, valid: np.ndarray) -> None:
+        """Add the pixels of ``pixels`` ``(C, H, W)`` where ``valid`` ``(H, W)`` is True."""
+        for b in range(pixels.shape[0]):
+            values = pixels[b][valid]
+            if values.dtype.kind == "f":
+                values = values[np.isfinite(values)]
+            if values.size:
+                self._update_band(b, values)
+
+    def _update_band(self, b: int, values: np.ndarray) -> None:
+        n = values.size
+        as64 = values.astype(np.float64)
+        mean = as64.mean()
+        m2 = np.square(as64 - mean).sum()
+        total = self.count[b] + n
+        delta = mean - self.mean[b]
+        self.mean[b] += delta * n / total
+        self.m2[b] += m2 + delta * delta * self.count[b] * n / total
+        self.count[b] = total
+        self.min[b] = min(self.min[b], as64.min())
+        self.max[b] = max(self.max[b], as64.max())
+        self.hist[b] += np.bincount(self._bin(values), minlength=NBINS)
+
+    def _bin(self, values: np.ndarray) -> np.ndarray:
+        if self.exact_percentiles:
+            return values.astype(np.int64) - self._offset
+        return _float_key(values.astype(np.float32)) >> 16
+
+    def _bin_value(self, index: int) -> float:
+        """The value histogram bin ``index`` stands for."""
+        if self.exact_percentiles:
+            return float(index + self._offset)
+        centre = np.array([(index << 16) + (1 << 15)], dtype=np.uint32)
+        return float(_float_from_key(centre)[0])
+
+    def percentile(self, b: int, q: float) -> float | None:
+        """The ``q``-th percentile (0..100) of band ``b``; None when the band has no pixels."""
+        n = int(self.count[b])
+        if n == 0:
+            return None
+        rank = (n - 1) * q / 100.0
+        lo, frac = int(np.floor(rank)), rank - np.floor(rank)
+        cumulative = np.cumsum(self.hist[b])
+        below, above = np.searchsorted(cumulative, [lo + 1, min(lo + 2, n)])
+        v_below, v_above = self._bin_value(int(below)), self._bin_value(int(above))
+        v = v_below + frac * (v_above - v_below)
+        return float(np.clip(v, self.min[b], self.max[b]))
+
+    def to_dicts(self, names: list[str] | tuple[str, ...]) -> list[dict]:
+        """One dict per band: name, count, mean, std, min, max, p2, p98 (None when empty)."""
+        out = []
+        for b, name in enumerate(names):
+            n = int(self.count[b])
+            empty = n == 0
+            out.append({
+                "name": name,
+                "count": n,
+                "mean": None if empty else float(self.mean[b]),
+                "std": None if empty else float(np.sqrt(self.m2[b] / n)),
+                "min": None if empty else _scalar(self.min[b], self.dtype),
+                "max": None if empty else _scalar(self.max[b], self.dtype),
+                "p2": self.percentile(b, 2),
+                "p98": self.percentile(b, 98),
+            })
+        return out
+
+
+def _scalar(value: float, dtype: np.dtype) -> int | float:
+    return int(value) if dtype.kind in "ui" else float(value)
+
+
+def _float_key(values: np.ndarray) -> np.ndarray:
+    """float32 → uint32 keys whose unsigned order is the float order (negatives flipped)."""
+    bits = values.view(np.uint32).astype(np.int64)
+    negative = bits >= 1 << 31
+    return np.where(negative, (1 << 32) - 1 - bits, bits + (1 << 31))
+
+
+def _float_from_key(keys: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_float_key`: uint32 keys → float32 values."""
+    k = keys.astype(np.int64)
+    positive = k >= 1 << 31
+    bits = np.where(positive, k - (1 << 31), (1 << 32) - 1 - k).astype(np.uint32)
+    return bits.view(np.float32)

@@ -1,0 +1,174 @@
+"""The training engine end to end on tiny data: pretrain, resume, fine-tune from each label form."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from shapely.geometry import Point
+
+from rsseg.config import FinetuneConfig, PretrainConfig, load_config
+from rsseg.models.backbone import read_backbone
+from rsseg.models.bundle import load_bundle
+from rsseg.pipelines.finetune import finetune
+from rsseg.pipelines.pretrain import pretrain
+from rsseg.pipelines.tile import TileOptions, tile_scenes
+
+TINY_PRETRAIN = ["model.arch=unet", "model.encoder=resnet18", "data.view_size=32",
+                 "data.diagnostic_samples=8", "pretext.params.patch_size=8",
+                 "trainer.batch_size=4", "trainer.steps_per_epoch=2", "trainer.accelerator=cpu"]
+TINY_FINETUNE = ["data.crop_size=32", "data.val_block=16", "trainer.batch_size=4",
+                 "trainer.steps_per_epoch=2", "trainer.accelerator=cpu", "tile=64", "overlap=16"]
+
+
+def class_map(height: int = 96, width: int = 112) -> np.ndarray:
+    """``(H, W)`` class ids 1..3 in vertical stripes."""
+    ids = np.ones((height, width), dtype=np.uint8)
+    ids[:, width // 3:] = 2
+    ids[:, 2 * width // 3:] = 3
+    return ids
+
+
+@pytest.fixture
+def scene(geotiff_factory) -> Path:
+    """A 4-band uint16 scene whose spectra follow :func:`class_map`, nodata 0 in one corner."""
+    rng = np.random.default_rng(0)
+    ids = class_map()
+    spectra = np.array([[300, 900, 400, 2000], [800, 700, 900, 600], [200, 300, 250, 100]])
+    pixels = spectra[ids - 1].transpose(2, 0, 1) + rng.integers(0, 60, (4, *ids.shape))
+    pixels = pixels.astype(np.uint16)
+    pixels[:, :10, :10] = 0
+    return geotiff_factory("scene.tif", pixels, nodata=0)
+
+
+@pytest.fixture
+def sparse_labels(geotiff_factory) -> Path:
+    """Every 7th pixel of :func:`class_map` labelled, 0 elsewhere."""
+    ids = class_map()
+    sparse = np.zeros_like(ids)
+    sparse[::7, ::7] = ids[::7, ::7]
+    return geotiff_factory("sparse.tif", sparse, nodata=0)
+
+
+@pytest.fixture
+def tiles(scene: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "tiles"
+    tile_scenes([scene], out, TileOptions(size=64, stride=16))
+    return out
+
+
+def epochs_logged(run: Path) -> list[int]:
+    with (run / "metrics.csv").open() as f:
+        return sorted({int(r["epoch"]) for r in csv.DictReader(f) if r.get("loss_epoch")})
+
+
+def test_pretrain_writes_run_folder_and_resumes(tiles: Path, tmp_path: Path) -> None:
+    run = tmp_path / "pre"
+    pretrain(tiles, run, load_config(PretrainConfig, None, [*TINY_PRETRAIN, "trainer.epochs=1"]))
+    for name in ("config.yaml", "metrics.csv", "loss.png", "spectrum.csv", "spectrum.png",
+                 "backbone.safetensors", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    assert epochs_logged(run) == [0]
+    _, meta = read_backbone(run)
+    assert (meta.epochs, len(meta.bands), meta.pretext) == (1, 4, "glcnet")
+
+    pretrain(tiles, run, load_config(PretrainConfig, None, [*TINY_PRETRAIN, "trainer.epochs=2"]),
+             resume=True)
+    assert epochs_logged(run) == [0, 1]  # continued at epoch 1, did not restart
+    assert read_backbone(run)[1].epochs == 2
+    with (run / "spectrum.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["epoch"], r["kind"]) for r in rows} == {
+        ("0", "global"), ("0", "local"), ("1", "global"), ("1", "local")}
+    assert all(1.0 <= float(r["effective_rank"]) <= int(r["dims"]) for r in rows)
+
+
+def test_finetune_from_raster_labels_with_init(tiles: Path, scene: Path, sparse_labels: Path,
+                                                tmp_path: Path) -> None:
+    pre = tmp_path / "pre"
+    pretrain(tiles, pre, load_config(PretrainConfig, None, [*TINY_PRETRAIN, "trainer.epochs=1"]))
+    cfg = load_config(FinetuneConfig, None, [*TINY_FINETUNE, "trainer.epochs=2"])
+    bundle = finetune(tmp_path / "ft", cfg, scenes=[scene], labels=sparse_labels, init=pre)
+    model, meta = load_bundle(bundle)
+    assert [c.id for c in meta.classes] == [1, 2, 3]
+    assert (meta.model.arch, meta.model.in_channels, meta.model.classes) == ("unet", 4, 3)
+    assert (meta.tile, meta.overlap) == (64, 16)
+    assert meta.resolution == pytest.approx(10.0)
+    # The backbone was transferred: encoder weights equal the pretrained ones before training
+    # moved them only a little; the decoder head is fresh (different shapes: 3 vs 64 classes).
+    tensors, _ = read_backbone(pre)
+    assert all(k.startswith("encoder.") for k in tensors)
+    assert (tmp_path / "ft" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_finetune_from_vector_points(scene: Path, tmp_path: Path) -> None:
+    with rasterio.open(scene) as src:
+        transform = src.transform
+    ids = class_map()
+    names = {1: "forest", 2: "urban", 3: "water"}
+    rows, cols = np.mgrid[5:96:9, 3:112:9]
+    points = [Point(*(transform * (c + 0.5, r + 0.5))) for r, c in zip(rows.ravel(), cols.ravel(),
+                                                                         strict=True)]
+    frame = gpd.GeoDataFrame({"landcover": [names[ids[r, c]] for r, c in
+                                            zip(rows.ravel(), cols.ravel(), strict=True)]},
+                             geometry=points, crs="EPSG:32618").to_crs("EPSG:4326")
+    frame.to_file(tmp_path / "points.gpkg")  # another CRS: reprojected onto the scene grid
+    cfg = load_config(FinetuneConfig, None, [*TINY_FINETUNE, "trainer.epochs=1"])
+    bundle = finetune(tmp_path / "ft", cfg, scenes=[scene], labels=tmp_path / "points.gpkg",
+                      label_column="landcover")
+    _, meta = load_bundle(bundle)
+    assert [c.name for c in meta.classes] == ["forest", "urban", "water"]
+
+
+def test_finetune_from_partly_labelled_tile_folder(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for folder in ("images", "labels"):
+        (tmp_path / "tiles" / folder).mkdir(parents=True)
+    for i in range(6):
+        mask = (rng.random((48, 48)) < 0.5).astype(np.uint8)
+        image = np.stack([mask * 200 + rng.integers(0, 40, mask.shape)] * 3).astype(np.uint8)
+        profile = {"driver": "PNG", "width": 48, "height": 48, "dtype": "uint8"}
+        with rasterio.open(tmp_path / "tiles/images" / f"t{i}.png", "w", count=3,
+                           **profile) as dst:
+            dst.write(image)
+        if i < 4:  # tiles 4 and 5 have no mask
+            with rasterio.open(tmp_path / "tiles/labels" / f"t{i}.png", "w", count=1,
+                               **profile) as dst:
+                dst.write(mask[None])
+    cfg = load_config(FinetuneConfig, None, [*TINY_FINETUNE, "trainer.epochs=1",
+                                              "data.label_fraction=0.75", "data.val_fraction=0.3"])
+    bundle = finetune(tmp_path / "ft", cfg, tiles=tmp_path / "tiles")
+    _, meta = load_bundle(bundle)
+    assert [c.id for c in meta.classes] == [0, 1]
+    assert meta.resolution is None  # plain PNG tiles carry no ground resolution
+
+
+def test_init_for_other_bands_is_refused(tiles: Path, geotiff_factory, sparse_labels: Path,
+                                         tmp_path: Path, run_cli) -> None:
+    pre = tmp_path / "pre"
+    pretrain(tiles, pre, load_config(PretrainConfig, None, [*TINY_PRETRAIN, "trainer.epochs=1"]))
+    three = geotiff_factory("three.tif", np.ones((3, 96, 112), dtype=np.uint16))
+    result = run_cli("finetune", "--scene", three, "--labels", sparse_labels, "--init", pre,
+                     "--out", tmp_path / "ft", *sum((["--set", s] for s in TINY_FINETUNE), []))
+    assert result.exit_code == 1
+    assert "has 3 bands but the pretrained backbone expects 4" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "ft").exists()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_pretraining(tiles: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    sets = sum((["--set", s] for s in TINY_PRETRAIN), [])
+    proc = subprocess.run([sys.executable, "-m", "rsseg", "pretrain", str(tiles), "--out",
+                           str(run), "--epochs", "1", "--devices", "2", *sets],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert (run / "backbone.safetensors").is_file()
