@@ -1,0 +1,225 @@
+"""The pretext interface and the registry that finds pretexts by name.
+
+A pretext is one module in ``rsseg/pretexts/`` holding one ``Pretext`` subclass decorated with
+``@register``; the registry imports every module of the package on first use, so adding a
+method is adding a module. The engine never branches on the method:
+
+    pretext = get_pretext(name, model, **cfg)           # ConfigError on a bad name/key/value
+    pretext.check_data({"two_views"})                    # before training: labels? domains?
+    sampler = pretext.sampler()                          # picklable; the dataset calls it in
+    item = sampler(tile, rng, valid)                     # workers: dict of numpy arrays
+    loss, logs = pretext(batch, model)                   # batch = default_collate(items)
+    pretext.on_epoch_start(epoch, model)                 # per-epoch work (clustering, ...)
+    embeddings = pretext.embed(images, model)            # {"global": (N, D), "local": (M, Cl)}
+
+``pretext`` is an ``nn.Module`` holding only its own heads; the segmentation model is passed in
+on each call and never stored, so the optimizer takes ``model`` and ``pretext`` parameters and
+the exported weights are the model's alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import Tensor, nn
+
+from rsseg.errors import ConfigError
+from rsseg.pretexts.features import extract_features
+
+DATA_NEEDS = frozenset({"two_views", "labels", "domains"})
+
+
+class Sampler(Protocol):
+    """Dataset-side recipe of a pretext, run in DataLoader workers (must be picklable).
+
+    Args:
+        tile: ``(C, H, W)`` normalised float32 tile.
+        rng: the only source of randomness (seed it per worker and item).
+        valid: optional ``(H, W)`` bool mask of usable (non-nodata) pixels.
+
+    Returns:
+        One batch item: a dict of numpy arrays with fixed shapes.
+    """
+
+    def __call__(
+        self, tile: np.ndarray, rng: np.random.Generator, valid: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]: ...
+
+
+class PretextConfig(BaseModel):
+    """Base of each pretext's config: unknown keys are errors, values are range-checked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Pretext(nn.Module, ABC):
+    """One self-supervised objective. Subclasses are built as ``cls(config, model)``.
+
+    Class attributes: ``name`` (registry key), ``kind`` ("pretext"), ``description`` (one line),
+    ``reference`` (paper), ``needs`` (subset of ``DATA_NEEDS``), ``config_class``.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "pretext"
+    description: ClassVar[str]
+    reference: ClassVar[str]
+    needs: ClassVar[frozenset[str]] = frozenset({"two_views"})
+    config_class: ClassVar[type[PretextConfig]]
+    embed_grid: ClassVar[int] = 4  # local embeddings: decoder pixels on a 4×4 grid per tile
+
+    def __init__(self, config: PretextConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    @classmethod
+    def check_data(cls, available: Collection[str]) -> None:
+        """Raise ``ConfigError`` unless every kind of data the method needs is available."""
+        missing = sorted(cls.needs - set(available))
+        if missing:
+            raise ConfigError(
+                f"method {cls.name!r} needs {', '.join(missing)}, which this run does not have",
+                fix=f"provide {', '.join(missing)} or choose another method",
+            )
+
+    @abstractmethod
+    def sampler(self) -> Sampler:
+        """The recipe the dataset applies to each tile to build this pretext's batch items."""
+
+    @abstractmethod
+    def forward(
+        self, batch: Mapping[str, Tensor], model: nn.Module
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Scalar loss and detached scalar logs (e.g. ``{"loss_global": ...}``) for one batch."""
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        """Hook before each epoch; pretexts with per-epoch work override it."""
+
+    @torch.no_grad()
+    def embed(self, images: Tensor, model: nn.Module) -> dict[str, Tensor]:
+        """Representations for the collapse diagnostic (call with the model in eval mode).
+
+        Args:
+            images: ``(B, C, H, W)`` normalised tiles.
+
+        Returns:
+            ``"global"``: ``(B, Cg)`` spatial mean of the global features; ``"local"``:
+            ``(B·g², Cl)`` local features at a fixed ``g×g`` grid of pixels per tile.
+        """
+        maps = extract_features(model, images)
+        h, w = maps.local.shape[-2:]
+        g = self.embed_grid
+        rows = ((torch.arange(g) + 0.5) * h / g).long()
+        cols = ((torch.arange(g) + 0.5) * w / g).long()
+        local = maps.local[:, :, rows[:, None], cols[None, :]]  # (B, Cl, g, g)
+        return {
+            "global": maps.global_.mean(dim=(2, 3)),
+            "local": local.permute(0, 2, 3, 1).reshape(-1, local.shape[1]),
+        }
+
+
+P = TypeVar("P", bound=type[Pretext])
+_REGISTRY: dict[str, type[Pretext]] = {}
+
+
+def register(cls: P) -> P:
+    """Class decorator adding a ``Pretext`` subclass to the registry under ``cls.name``."""
+    if not cls.needs <= DATA_NEEDS:
+        raise ValueError(f"{cls.__name__}.needs must be a subset of {sorted(DATA_NEEDS)}")
+    known = _REGISTRY.get(cls.name)
+    if known is not None and known.__qualname__ != cls.__qualname__:
+        raise ValueError(f"pretext name {cls.name!r} is taken by {known.__qualname__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def pretext_names() -> list[str]:
+    """Every registered pretext name, sorted."""
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def pretext_class(name: str) -> type[Pretext]:
+    """The pretext class registered as ``name``; ``ConfigError`` listing valid names if none."""
+    _discover()
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"unknown method {name!r}", fix=f"valid methods: {', '.join(sorted(_REGISTRY))}"
+        )
+    return _REGISTRY[name]
+
+
+def parse_config(name: str, cfg: Mapping[str, Any]) -> PretextConfig:
+    """Validate ``cfg`` against the config class of pretext ``name``; ``ConfigError`` if bad."""
+    cls = pretext_class(name)
+    try:
+        return cls.config_class.model_validate(dict(cfg))
+    except ValidationError as err:
+        raise _config_error(name, cls.config_class, err) from None
+
+
+def get_pretext(name: str, model: nn.Module, **cfg: Any) -> Pretext:
+    """Build pretext ``name`` for ``model`` from config keys ``cfg`` (defaults for the rest)."""
+    config = parse_config(name, cfg)
+    return pretext_class(name)(config, model)  # type: ignore[call-arg]
+
+
+def mlp_head(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """Head ``Linear(in, hidden) → ReLU → Linear(hidden, out)``: ``(N, in) → (N, out)``."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+
+def _discover() -> None:
+    """Import every module of this package so that their ``@register`` decorators run."""
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{info.name}")
+
+
+def _config_error(name: str, config_class: type[BaseModel], err: ValidationError) -> ConfigError:
+    """One-line error naming the first bad key and what it accepts."""
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        owner = _owner(config_class, first["loc"][:-1])
+        return ConfigError(
+            f"method {name!r}: unknown config key {key!r}",
+            fix=f"valid keys: {', '.join(owner.model_fields)}",
+        )
+    if not key:
+        return ConfigError(f"method {name!r}: {first['msg']}")
+    field = _owner(config_class, first["loc"][:-1]).model_fields.get(str(first["loc"][-1]))
+    bounds = _bounds(field.metadata) if field is not None else ""
+    return ConfigError(
+        f"method {name!r}: {key}={first['input']!r} is invalid ({first['msg']})",
+        fix=f"allowed: {bounds}" if bounds else None,
+    )
+
+
+def _bounds(metadata: list[Any]) -> str:
+    """``"0 < x ≤ 1"``-style text from a field's annotated-types constraints ("" if none)."""
+    low = high = ""
+    for item in metadata:
+        for attr, text in (("gt", "{} < "), ("ge", "{} ≤ ")):
+            if getattr(item, attr, None) is not None:
+                low = text.format(getattr(item, attr))
+        for attr, text in (("lt", " < {}"), ("le", " ≤ {}")):
+            if getattr(item, attr, None) is not None:
+                high = text.format(getattr(item, attr))
+    return f"{low}x{high}" if low or high else ""
+
+
+def _owner(config_class: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The (nested) config model that ``loc`` points into."""
+    for part in loc:
+        annotation = config_class.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        config_class = annotation
+    return config_class

@@ -1,0 +1,129 @@
+"""GLCNet's two feature maps from a segmentation-models-pytorch model, and pooling on them.
+
+- "global": the ASPP module's output for DeepLabV3/V3+ (256 channels, stride 16; in smp ≥ 0.3 the
+  ``ASPP`` instance inside ``decoder.aspp``: branches + 1×1 projection + dropout, the same point as
+  the official code's ``Encoder`` output), else the deepest encoder stage (U-Net, FPN, ...).
+- "local": the model's output map (built with ``classes=64`` for pretraining, as the official
+  code does), bilinearly resized to the input size when the architecture returns another size.
+
+Both come from one ordinary ``model(x)`` call with a forward hook, so any smp architecture works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from segmentation_models_pytorch.decoders.deeplabv3.decoder import ASPP
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class FeatureMaps:
+    """``global_``: ``(B, Cg, h, w)``; ``local``: ``(B, Cl, H, W)`` at the input size."""
+
+    global_: Tensor
+    local: Tensor
+
+
+def global_module(model: nn.Module) -> nn.Module:
+    """The module whose output is the "global" feature map (ASPP if any, else the encoder)."""
+    decoder = getattr(model, "decoder", None)
+    if decoder is not None:
+        for module in decoder.modules():
+            if isinstance(module, ASPP):
+                return module
+    encoder = getattr(model, "encoder", None)
+    if encoder is None:
+        raise TypeError(f"{type(model).__name__} is not a segmentation_models_pytorch model")
+    return encoder
+
+
+def extract_features(model: nn.Module, x: Tensor) -> FeatureMaps:
+    """Run ``model(x)`` once and return its global and local feature maps.
+
+    Args:
+        x: ``(B, C, H, W)`` input; ``H, W`` must suit the model (smp: multiples of 32).
+    """
+    with _captured(global_module(model)) as captured:
+        local = model(x)
+    if local.shape[-2:] != x.shape[-2:]:
+        local = F.interpolate(local, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return FeatureMaps(global_=captured[0], local=local)
+
+
+def global_features(model: nn.Module, x: Tensor) -> Tensor:
+    """Only the global map ``(B, Cg, h, w)``: encoder (+ ASPP), skipping the rest of the decoder."""
+    deepest = model.encoder(x)[-1]
+    module = global_module(model)
+    return module(deepest) if module is not model.encoder else deepest
+
+
+def feature_channels(model: nn.Module) -> tuple[int, int]:
+    """``(Cg, Cl)`` channel counts of the global and local maps, from one tiny eval-mode pass.
+
+    Eval mode and no gradient, so batch-norm statistics are untouched.
+    """
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise TypeError(f"{type(model).__name__} has no Conv2d layer to read the band count from")
+    param = next(model.parameters())
+    probe = torch.zeros(1, conv.in_channels, 64, 64, dtype=param.dtype, device=param.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            maps = extract_features(model, probe)
+    finally:
+        model.train(was_training)
+    return maps.global_.shape[1], maps.local.shape[1]
+
+
+def style_vector(features: Tensor) -> Tensor:
+    """GLCNet style: concat(per-channel spatial mean, per-channel spatial variance).
+
+    ``(B, C, h, w) → (B, 2C)`` float32. Population variance (the official code uses torch.var's
+    unbiased default, a constant factor hw/(hw-1) that the projection head absorbs; this one
+    stays finite on 1×1 maps).
+    """
+    flat = features.flatten(2).float()  # float32 statistics under mixed precision too
+    return torch.cat([flat.mean(dim=2), flat.var(dim=2, unbiased=False)], dim=1)
+
+
+def box_mean(features: Tensor, batch: Tensor, top: Tensor, left: Tensor, size: int) -> Tensor:
+    """Mean of ``features`` over square boxes, all boxes in one gather (RoI pooling + mean).
+
+    Gathers only the ``N·size²`` box pixels (≈10× faster on a CPU than an integral image of the
+    whole map); accumulates in float32 whatever the feature dtype.
+
+    Args:
+        features: ``(B, C, H, W)``.
+        batch, top, left: ``(N,)`` int64 item index and box top-left corner per box.
+        size: box side; each box must lie inside the map.
+
+    Returns:
+        ``(N, C)`` float32 box means.
+    """
+    offsets = torch.arange(size, device=features.device)
+    rows = (top[:, None] + offsets)[:, :, None]  # (N, size, 1)
+    cols = (left[:, None] + offsets)[:, None, :]  # (N, 1, size)
+    pixels = features[batch[:, None, None], :, rows, cols]  # (N, size, size, C)
+    return pixels.mean(dim=(1, 2), dtype=torch.float32)
+
+
+@contextmanager
+def _captured(module: nn.Module) -> Iterator[list[Tensor]]:
+    """Collect ``module``'s output (the last element if it returns a list of stages)."""
+    outputs: list[Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: object, output: Tensor | list[Tensor]) -> None:
+        outputs.append(output[-1] if isinstance(output, (list, tuple)) else output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield outputs
+    finally:
+        handle.remove()
