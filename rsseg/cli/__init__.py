@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import typer
 
@@ -19,8 +20,14 @@ app = typer.Typer(
     add_completion=False,
 )
 
+@app.callback()
+def _root() -> None:
+    """Remote-sensing semantic segmentation with few labels."""
+
+
 # Each module registers its command(s) on ``app`` when imported.
-_COMMAND_MODULES = ("tile", "pretrain", "finetune", "predict", "evaluate", "info", "demo")
+_COMMAND_MODULES = ("tile", "pretrain", "finetune", "predict", "evaluate", "info", "demo",
+                    "methods")
 for _name in _COMMAND_MODULES:
     try:
         importlib.import_module(f"rsseg.cli.{_name}")
@@ -29,12 +36,22 @@ for _name in _COMMAND_MODULES:
             raise
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings reach the user as one line ``Warning: message`` on stderr."""
+    typer.echo(f"Warning: {message}", err=True)
+
+
 def main() -> None:
-    """Console-script entry point: run the app, print user errors as one line."""
+    """Console-script entry point: run the app, print user errors and warnings as one line."""
     from rsseg.errors import RssegError
 
+    warnings.showwarning = _show_warning
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # Typer returns 130 for Ctrl-C in this mode
+        if code == 130:
+            raise KeyboardInterrupt
+        if code:
+            sys.exit(code)
     except RssegError as err:
         typer.echo(f"Error: {err}", err=True)
         sys.exit(err.exit_code)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -46,8 +43,7 @@ def tile(
     console = Console(stderr=True)
     columns = (TextColumn("tiling"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
-    with _one_line_warnings(), Progress(*columns, console=console,
-                                        disable=not console.is_terminal) as bar:
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("tiling", total=None)
         summary = tile_scenes(scenes, out, options,
                               progress=lambda done, total: bar.update(task, completed=done,
@@ -71,14 +67,3 @@ class _RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         return Text(f"{task.speed or 0:.1f} tiles/s")
-
-
-@contextmanager
-def _one_line_warnings() -> Iterator[None]:
-    """Show warnings as one line ``Warning: message`` on stderr."""
-    def show(message, category, filename, lineno, file=None, line=None):
-        typer.echo(f"Warning: {message}", err=True)
-
-    with warnings.catch_warnings():
-        warnings.showwarning = show
-        yield

@@ -25,6 +25,12 @@ def check_output(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary file path next to ``path``; on success rename it onto ``path``.
@@ -33,13 +39,18 @@ def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     appears under the output name.
     """
     path = check_output(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix,
-                               dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix,
+                                   dir=path.parent)
+    except OSError as err:
+        raise OutputError(f"cannot write into {path.parent} ({err.strerror})",
+                          "choose another --out") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -50,8 +61,13 @@ def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
 def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Like :func:`atomic_path` for a whole output folder (e.g. a tile set)."""
     path = check_output(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part",
+                                         dir=path.parent))
+    except OSError as err:
+        raise OutputError(f"cannot write into {path.parent} ({err.strerror})",
+                          "choose another --out") from None
     try:
         yield tmp_path
         if path.exists():

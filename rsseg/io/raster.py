@@ -87,7 +87,9 @@ class Scene:
         try:
             with warnings.catch_warnings():  # nodata is honoured explicitly, not via masks
                 warnings.simplefilter("ignore", NodataShadowWarning)
-                return self.src.read(list(self.bands), window=window, boundless=boundless,
+                if not boundless:  # fill_value sends rasterio down a slower path
+                    return self.src.read(list(self.bands), window=window)
+                return self.src.read(list(self.bands), window=window, boundless=True,
                                      fill_value=self.fill_value)
         except RasterioError as err:
             rows = f"rows {int(window.row_off)}-{int(window.row_off + window.height)}"

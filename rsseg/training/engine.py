@@ -86,7 +86,10 @@ def build_trainer(cfg: TrainerConfig, run: Path, title: str,
                                      monitor=monitor, mode="max", save_top_k=1,
                                      enable_version_counter=False))
     distributed = cfg.devices > 1 or cfg.num_nodes > 1
-    strategy = cfg.strategy if cfg.strategy != "auto" or not distributed else "ddp"
+    # Some pretexts leave parts of the model without gradient (SimCLR: decoder and head), so
+    # DDP must look for unused parameters unless the user picked a strategy.
+    strategy = ("ddp_find_unused_parameters_true" if distributed and cfg.strategy == "auto"
+                else cfg.strategy)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     for noise in (".*does not have many workers.*", ".*exists and is not empty.*",
                   ".*smaller than the logging interval.*", ".*LeafSpec.*"):

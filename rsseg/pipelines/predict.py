@@ -1,0 +1,128 @@
+"""``rsseg predict``: a scene + a model bundle → a georeferenced class raster (COG).
+
+The checks of flags, output, bundle and scene run before any pixel is predicted. The scene streams
+through :class:`~rsseg.inference.sliding.SlidingWindowPredictor` one band of rows at a time; each
+finished band becomes uint8 class ids (``nodata_id`` where the input is nodata) and goes to the
+streaming :func:`~rsseg.io.writer.class_raster_writer`, which publishes the COG atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rsseg.errors import ConfigError, InputError
+from rsseg.inference.device import resolve_device
+from rsseg.inference.sliding import RowBand, SlidingWindowPredictor
+from rsseg.io.atomic import check_output
+from rsseg.io.raster import Scene, open_scene
+from rsseg.io.writer import bounded_gdal_cache, class_raster_writer
+from rsseg.models.bundle import BundleMeta, load_bundle
+from rsseg.models.factory import required_multiple
+
+Progress = Callable[[int, int], None]
+"""Called as ``progress(pixels_done, pixels_total)`` after each finished band of rows."""
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Flags of ``rsseg predict``; ``tile``/``overlap`` None take the bundle's defaults."""
+
+    tile: int | None = None
+    overlap: int | None = None
+    batch_size: int = 8
+    nodata: float | None = None
+    device: str = "auto"
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    out: Path
+    width: int
+    height: int
+    windows: int
+    seconds: float  # prediction and writing, model loading excluded
+
+    @property
+    def mpx_per_s(self) -> float:
+        return self.width * self.height / 1e6 / self.seconds
+
+
+def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
+                  options: PredictOptions = PredictOptions(),
+                  progress: Progress | None = None) -> PredictSummary:
+    """Predict ``scene`` with the bundle ``model`` into the class raster ``out``.
+
+    Raises InputError/ConfigError/OutputError (one line each) for bad input; flags, output, bundle
+    and scene header are checked before predicting. Whatever fails, nothing appears at ``out``.
+    """
+    out = check_output(out, options.overwrite)
+    net, meta = load_bundle(model)
+    tile = meta.tile if options.tile is None else options.tile
+    overlap = meta.overlap if options.overlap is None else options.overlap
+    multiple = required_multiple(meta.model)
+    _check_options(tile, overlap, options.batch_size, multiple, meta)
+    device = resolve_device(options.device)
+    predictor = SlidingWindowPredictor(net, meta.normalise, meta.model.classes, tile, overlap,
+                                       multiple, options.batch_size, device)
+    with bounded_gdal_cache(), open_scene(scene, nodata=options.nodata) as src:
+        _check_bands(src, meta, Path(model))
+        info, windows = src.info, predictor.layout(src).count
+        classes = meta.class_table()
+        class_ids = np.asarray(classes.ids, dtype=np.uint8)
+        start = time.perf_counter()
+        with class_raster_writer(out, info, classes, meta.nodata_id, options.overwrite) as writer:
+            for band in predictor.bands(src):
+                writer.write(band.row, class_raster(band, class_ids, meta.nodata_id))
+                if progress:
+                    progress(writer.next_row * info.width, info.width * info.height)
+        seconds = time.perf_counter() - start
+    return PredictSummary(out, info.width, info.height, windows, seconds)
+
+
+def class_raster(band: RowBand, class_ids: np.ndarray, nodata_id: int) -> np.ndarray:
+    """``(h, W)`` uint8: the id of the most probable class, ``nodata_id`` where input is nodata."""
+    ids = class_ids[argmax_channels(band.probs)]
+    ids[~band.valid] = nodata_id
+    return ids
+
+
+def argmax_channels(probs: np.ndarray) -> np.ndarray:
+    """``(K, h, W)`` → ``(h, W)`` uint8 index of the largest channel, the first one on ties.
+
+    Same result as ``np.argmax(probs, axis=0)``, ~1.5x faster: a fast max over channels, then
+    one vectorised comparison per channel (``np.argmax`` over the outer axis is strided).
+    """
+    best = probs.max(axis=0)
+    index = np.full(best.shape, probs.shape[0] - 1, dtype=np.uint8)
+    for k in range(probs.shape[0] - 2, -1, -1):
+        np.copyto(index, k, where=probs[k] == best)
+    return index
+
+
+def _check_options(tile: int, overlap: int, batch_size: int, multiple: int,
+                   meta: BundleMeta) -> None:
+    name = f"{meta.model.arch}/{meta.model.encoder}"
+    if tile < 1 or tile % multiple:
+        lower = tile // multiple * multiple
+        near = " or ".join(str(t) for t in (lower, lower + multiple) if t > 0)
+        raise ConfigError(f"--tile {tile} is not a multiple of {multiple}, which {name} needs",
+                          f"use e.g. --tile {near}")
+    if not 0 <= overlap < tile:
+        raise ConfigError(f"--overlap {overlap} must be at least 0 and smaller than the tile "
+                          f"({tile})", f"use e.g. --overlap {tile // 8}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size} must be at least 1", "use e.g. 8")
+
+
+def _check_bands(scene: Scene, meta: BundleMeta, model: Path) -> None:
+    if scene.count != len(meta.bands):
+        expected = ", ".join(b.name for b in meta.bands)
+        raise InputError(f"{scene.info.path} has {scene.count} band(s) but model {model} expects "
+                         f"{len(meta.bands)} ({expected})",
+                         "give a scene with the bands the model was trained on")
