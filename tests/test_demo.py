@@ -1,4 +1,4 @@
-"""``rsseg demo`` on the bundled scene: the chain runs (tiny budget) and reaches its figures (slow)."""
+"""``rsseg demo`` on the bundled scene: the chain runs (tiny budget); its figures (slow)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,9 @@ from rsseg.labels import (
 
 H, W = 10, 12
 X0, Y0, RES = 500_000.0, 4_500_000.0, 10.0  # the conftest grid, EPSG:32618
-NC_CLASSES = Path(__file__).resolve().parents[1] / "rsseg" / "data" / "nc_landsat" / "classes_nc_landcover.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+NC_CLASSES = ROOT / "rsseg" / "data" / "nc_landsat" / "classes_nc_landcover.yaml"
+DUBAI_CLASSES = ROOT / "configs" / "classes_dubai.yaml"
 
 
 def centre(row: int, col: int) -> tuple[float, float]:
@@ -295,7 +297,7 @@ def test_nc_labels_in_every_form(shared_data) -> None:
 def test_dubai_tile_folder(shared_data) -> None:
     dubai = shared_data / "dubai"
     tiles = load_tile_folder(dubai, label_fraction=0.05, seed=0,
-                             classes=read_classes(NC_CLASSES.with_name("classes_dubai.yaml")))
+                             classes=read_classes(DUBAI_CLASSES))
     assert len(tiles.labelled) == 3 and len(tiles.unlabelled) == 51
     train, val = split_by_group(scan_tiles(dubai), 0.2, seed=0, group=r"tile\d+")
     assert len(val) == 9 and not {t.stem[:5] for t in val} & {t.stem[:5] for t in train}

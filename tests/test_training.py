@@ -11,6 +11,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 from shapely.geometry import Point
 
 from rsseg.config import FinetuneConfig, PretrainConfig, load_config
@@ -35,8 +36,8 @@ def class_map(height: int = 96, width: int = 112) -> np.ndarray:
     return ids
 
 
-@pytest.fixture
-def scene(geotiff_factory) -> Path:
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-band uint16 scene whose spectra follow :func:`class_map`, nodata 0 in one corner."""
     rng = np.random.default_rng(0)
     ids = class_map()
@@ -44,7 +45,12 @@ def scene(geotiff_factory) -> Path:
     pixels = spectra[ids - 1].transpose(2, 0, 1) + rng.integers(0, 60, (4, *ids.shape))
     pixels = pixels.astype(np.uint16)
     pixels[:, :10, :10] = 0
-    return geotiff_factory("scene.tif", pixels, nodata=0)
+    path = tmp_path_factory.mktemp("scene") / "scene.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=ids.shape[1], height=ids.shape[0],
+                       count=4, dtype="uint16", nodata=0, crs="EPSG:32618",
+                       transform=Affine(10, 0, 500_000, 0, -10, 4_500_000)) as dst:
+        dst.write(pixels)
+    return path
 
 
 @pytest.fixture
@@ -56,11 +62,23 @@ def sparse_labels(geotiff_factory) -> Path:
     return geotiff_factory("sparse.tif", sparse, nodata=0)
 
 
-@pytest.fixture
-def tiles(scene: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "tiles"
+@pytest.fixture(scope="module")
+def tiles(scene: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiles") / "tiles"
     tile_scenes([scene], out, TileOptions(size=64, stride=16))
     return out
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch GLCNet run on :func:`tiles`, shared by the fine-tuning tests."""
+    run = tmp_path_factory.mktemp("pre") / "pre"
+    pretrain(tiles, run, load_config(PretrainConfig, None, [*TINY_PRETRAIN, "trainer.epochs=1"]))
+    return run
+
+
+def as_sets(items: list[str]) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
 
 
 def epochs_logged(run: Path) -> list[int]:
@@ -89,13 +107,12 @@ def test_pretrain_writes_run_folder_and_resumes(tiles: Path, tmp_path: Path) -> 
     assert all(1.0 <= float(r["effective_rank"]) <= int(r["dims"]) for r in rows)
 
 
-def test_finetune_from_raster_labels_with_init(tiles: Path, scene: Path, sparse_labels: Path,
-                                                tmp_path: Path) -> None:
-    pre = tmp_path / "pre"
-    pretrain(tiles, pre, load_config(PretrainConfig, None, [*TINY_PRETRAIN, "trainer.epochs=1"]))
+def test_finetune_from_raster_labels_with_init(pretrained: Path, scene: Path,
+                                                sparse_labels: Path, tmp_path: Path) -> None:
+    pre = pretrained
     cfg = load_config(FinetuneConfig, None, [*TINY_FINETUNE, "trainer.epochs=2"])
     bundle = finetune(tmp_path / "ft", cfg, scenes=[scene], labels=sparse_labels, init=pre)
-    model, meta = load_bundle(bundle)
+    _, meta = load_bundle(bundle)
     assert [c.id for c in meta.classes] == [1, 2, 3]
     assert (meta.model.arch, meta.model.in_channels, meta.model.classes) == ("unet", 4, 3)
     assert (meta.tile, meta.overlap) == (64, 16)
@@ -149,13 +166,12 @@ def test_finetune_from_partly_labelled_tile_folder(tmp_path: Path) -> None:
     assert meta.resolution is None  # plain PNG tiles carry no ground resolution
 
 
-def test_init_for_other_bands_is_refused(tiles: Path, geotiff_factory, sparse_labels: Path,
-                                         tmp_path: Path, run_cli) -> None:
-    pre = tmp_path / "pre"
-    pretrain(tiles, pre, load_config(PretrainConfig, None, [*TINY_PRETRAIN, "trainer.epochs=1"]))
+def test_init_for_other_bands_is_refused(pretrained: Path, geotiff_factory,
+                                         sparse_labels: Path, tmp_path: Path, run_cli) -> None:
+    pre = pretrained
     three = geotiff_factory("three.tif", np.ones((3, 96, 112), dtype=np.uint16))
     result = run_cli("finetune", "--scene", three, "--labels", sparse_labels, "--init", pre,
-                     "--out", tmp_path / "ft", *sum((["--set", s] for s in TINY_FINETUNE), []))
+                     "--out", tmp_path / "ft", *as_sets(TINY_FINETUNE))
     assert result.exit_code == 1
     assert "has 3 bands but the pretrained backbone expects 4" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -165,7 +181,7 @@ def test_init_for_other_bands_is_refused(tiles: Path, geotiff_factory, sparse_la
 @pytest.mark.slow
 def test_two_process_ddp_pretraining(tiles: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
-    sets = sum((["--set", s] for s in TINY_PRETRAIN), [])
+    sets = as_sets(TINY_PRETRAIN)
     proc = subprocess.run([sys.executable, "-m", "rsseg", "pretrain", str(tiles), "--out",
                            str(run), "--epochs", "1", "--devices", "2", *sets],
                           capture_output=True, text=True, timeout=600)
