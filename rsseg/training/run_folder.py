@@ -10,6 +10,7 @@ Layout::
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,13 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if a.get(k) != b.get(k) and k not in RESUMABLE_KEYS]
 
 
+def is_secondary_process() -> bool:
+    """True in the extra processes of a DDP run (Lightning re-launches the command per device,
+    a cluster launches it per node or task): only the first process prepares the run folder."""
+    return any(os.environ.get(var, "0") != "0" for var in ("LOCAL_RANK", "NODE_RANK",
+                                                             "SLURM_PROCID"))
+
+
 def prepare_run(run: Path, config: Section, resume: bool, overwrite: bool) -> Path | None:
     """Create or reopen a run folder; return the checkpoint to resume from (or None).
 
@@ -48,6 +56,8 @@ def prepare_run(run: Path, config: Section, resume: bool, overwrite: bool) -> Pa
     whose config differs (naming the keys that differ).
     """
     cfg_path = run / "config.yaml"
+    if is_secondary_process():
+        return run / LAST_CKPT if resume else None
     if resume:
         ckpt = run / LAST_CKPT
         if not ckpt.is_file() or not cfg_path.is_file():
