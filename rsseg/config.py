@@ -78,7 +78,7 @@ class FinetuneData(Section):
     val_fraction: float = Field(0.2, ge=0, lt=1)  # of labelled blocks/tiles held out
     val_block: int = Field(32, ge=4)  # side of the spatial blocks split between train and val
     label_fraction: float = Field(1.0, gt=0, le=1)  # of labelled tiles used (tile folders)
-    group: str | None = None  # regex on tile stems: tiles of one group stay on one side of the split
+    group: str | None = None  # regex on tile stems; a group never straddles train and val
     max_centres: int = Field(200_000, ge=100)  # labelled pixels kept as crop centres
     ignore_index: int = Field(255, ge=0, le=255)
 

@@ -188,3 +188,24 @@ def test_two_process_ddp_pretraining(tiles: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
     assert (run / "backbone.safetensors").is_file()
+
+
+def test_pretrain_bad_input_is_one_line(tiles: Path, tmp_path: Path, run_cli) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args in ([tmp_path / "missing"], [empty], [tiles, "--method", "nope"],
+                 [tiles, "--set", "optim.lr=-1"], [tiles, "--set", "data.view_size=40"]):
+        result = run_cli("pretrain", *args, "--out", tmp_path / "run")
+        assert result.exit_code == 1, (args, result)
+        assert result.stderr.startswith("Error:") and len(result.stderr.splitlines()) == 1
+        assert not (tmp_path / "run").exists()  # nothing half-written
+    named = run_cli("pretrain", tiles, "--method", "nope", *as_sets(TINY_PRETRAIN))
+    assert "valid methods: " in named.stderr and "glcnet" in named.stderr
+
+
+def test_resume_with_another_config_names_the_difference(pretrained: Path, tiles: Path,
+                                                         run_cli) -> None:
+    result = run_cli("pretrain", tiles, "--out", pretrained, "--resume",
+                     *as_sets([*TINY_PRETRAIN, "optim.lr=0.5"]))
+    assert result.exit_code == 1
+    assert "optim.lr: 0.001 -> 0.5" in result.stderr

@@ -23,7 +23,7 @@ from rsseg.io.tileset import TileSet, load_tileset
 from rsseg.models.backbone import BackboneMeta, export_backbone
 from rsseg.models.bundle import BandNorm
 from rsseg.models.factory import ModelSpec, build_model, required_multiple
-from rsseg.pretexts.base import Pretext, get_pretext, pretext_class
+from rsseg.pretexts.base import DataInfo, Pretext, get_pretext, pretext_class
 from rsseg.training.data import PretrainTiles
 from rsseg.training.diagnostics import SpectrumMonitor
 from rsseg.training.engine import build_trainer
@@ -105,6 +105,8 @@ def build_pretraining(tiles_dir: str | Path, config: PretrainConfig) -> Pretrain
         params.setdefault("view_size", size)
     pretext = get_pretext(config.pretext.name, model, **params)
     pretext.check_data({"two_views"})
+    pretext.bind_data(DataInfo(tileset.band_names, tuple(map(float, tileset.mean)),
+                               tuple(map(float, tileset.std))))
     dataset = PretrainTiles(tileset.paths, tileset.mean, tileset.std, tileset.nodata,
                             pretext.sampler())
     return Pretraining(spec, model, pretext, dataset, tileset)

@@ -1,11 +1,15 @@
-"""The pretext interface and the registry that finds pretexts by name.
+"""The pretext interface and the one registry of methods (pretexts, regularizers, tools).
 
 A pretext is one module in ``rsseg/pretexts/`` holding one ``Pretext`` subclass decorated with
-``@register``; the registry imports every module of the package on first use, so adding a
-method is adding a module. The engine never branches on the method:
+``@register``; the registry imports every module of the method packages (``rsseg.pretexts``,
+``rsseg.regularizers`` when present) on first use, so adding a method is adding a module. Every
+registered class carries ``name``, ``kind`` (``pretext`` / ``regularizer`` / ``tool``),
+``description``, ``reference``, ``needs`` and ``config_class``; ``rsseg methods`` lists them.
+The engine never branches on the method:
 
     pretext = get_pretext(name, model, **cfg)           # ConfigError on a bad name/key/value
     pretext.check_data({"two_views"})                    # before training: labels? domains?
+    pretext.bind_data(DataInfo(bands, mean, std))        # optional: the tiles' named bands
     sampler = pretext.sampler()                          # picklable; the dataset calls it in
     item = sampler(tile, rng, valid)                     # workers: dict of numpy arrays
     loss, logs = pretext(batch, model)                   # batch = default_collate(items)
@@ -20,10 +24,11 @@ the exported weights are the model's alone.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
@@ -35,6 +40,26 @@ from rsseg.errors import ConfigError
 from rsseg.pretexts.features import extract_features
 
 DATA_NEEDS = frozenset({"two_views", "labels", "domains"})
+KINDS = ("pretext", "regularizer", "tool")
+# Packages whose modules hold registered methods (a missing package is skipped).
+METHOD_PACKAGES = ("rsseg.pretexts", "rsseg.regularizers")
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a pretext may need to know about the tiles: band names and their normalisation.
+
+    Tiles reach the sampler normalised as ``(x - mean) / std`` per band; ``mean``/``std`` undo
+    that (e.g. for a spectral index on the original values).
+    """
+
+    band_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.band_names) == len(self.mean) == len(self.std):
+            raise ValueError("DataInfo needs one name, mean and std per band")
 
 
 class Sampler(Protocol):
@@ -64,7 +89,9 @@ class Pretext(nn.Module, ABC):
     """One self-supervised objective. Subclasses are built as ``cls(config, model)``.
 
     Class attributes: ``name`` (registry key), ``kind`` ("pretext"), ``description`` (one line),
-    ``reference`` (paper), ``needs`` (subset of ``DATA_NEEDS``), ``config_class``.
+    ``reference`` (paper), ``needs`` (subset of ``DATA_NEEDS``), ``config_class``, ``stateful``
+    (True when ``forward`` also updates state such as a queue, a bank or a momentum encoder, so
+    it must run exactly once per training step).
     """
 
     name: ClassVar[str]
@@ -73,6 +100,7 @@ class Pretext(nn.Module, ABC):
     reference: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset({"two_views"})
     config_class: ClassVar[type[PretextConfig]]
+    stateful: ClassVar[bool] = False
     embed_grid: ClassVar[int] = 4  # local embeddings: decoder pixels on a 4×4 grid per tile
 
     def __init__(self, config: PretextConfig) -> None:
@@ -102,6 +130,12 @@ class Pretext(nn.Module, ABC):
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
         """Hook before each epoch; pretexts with per-epoch work override it."""
 
+    def bind_data(self, info: DataInfo) -> None:
+        """Hook before ``sampler()``: the tiles' band names and normalisation (default: unused).
+
+        Raises ``ConfigError`` when the data cannot serve the config (e.g. a missing band).
+        """
+
     @torch.no_grad()
     def embed(self, images: Tensor, model: nn.Module) -> dict[str, Tensor]:
         """Representations for the collapse diagnostic (call with the model in eval mode).
@@ -125,40 +159,85 @@ class Pretext(nn.Module, ABC):
         }
 
 
-P = TypeVar("P", bound=type[Pretext])
-_REGISTRY: dict[str, type[Pretext]] = {}
+P = TypeVar("P", bound=type)
+_REGISTRY: dict[str, type] = {}
 
 
 def register(cls: P) -> P:
-    """Class decorator adding a ``Pretext`` subclass to the registry under ``cls.name``."""
+    """Class decorator adding a method class to the registry under ``cls.name``.
+
+    The class needs ``name``, ``kind`` (one of ``KINDS``), ``description``, ``reference``,
+    ``needs`` (subset of ``DATA_NEEDS``) and ``config_class``.
+    """
+    missing = [a for a in ("name", "kind", "description", "reference", "needs", "config_class")
+               if not hasattr(cls, a)]
+    if missing:
+        raise ValueError(f"{cls.__name__} lacks {', '.join(missing)}")
+    if cls.kind not in KINDS:
+        raise ValueError(f"{cls.__name__}.kind must be one of {KINDS}, not {cls.kind!r}")
     if not cls.needs <= DATA_NEEDS:
         raise ValueError(f"{cls.__name__}.needs must be a subset of {sorted(DATA_NEEDS)}")
     known = _REGISTRY.get(cls.name)
     if known is not None and known.__qualname__ != cls.__qualname__:
-        raise ValueError(f"pretext name {cls.name!r} is taken by {known.__qualname__}")
+        raise ValueError(f"method name {cls.name!r} is taken by {known.__qualname__}")
     _REGISTRY[cls.name] = cls
     return cls
 
 
+def method_names(kind: str | None = None) -> list[str]:
+    """Every registered method name (of ``kind`` if given), sorted."""
+    _discover()
+    return sorted(n for n, c in _REGISTRY.items() if kind is None or c.kind == kind)
+
+
+def method_class(name: str) -> type:
+    """The method class registered as ``name`` (any kind); ``ConfigError`` listing valid names."""
+    _discover()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown method {name!r}", fix=_valid_names())
+    return _REGISTRY[name]
+
+
 def pretext_names() -> list[str]:
     """Every registered pretext name, sorted."""
-    _discover()
-    return sorted(_REGISTRY)
+    return method_names("pretext")
 
 
 def pretext_class(name: str) -> type[Pretext]:
     """The pretext class registered as ``name``; ``ConfigError`` listing valid names if none."""
     _discover()
-    if name not in _REGISTRY:
-        raise ConfigError(
-            f"unknown method {name!r}", fix=f"valid methods: {', '.join(sorted(_REGISTRY))}"
-        )
-    return _REGISTRY[name]
+    cls = _REGISTRY.get(name)
+    if cls is None or cls.kind != "pretext":
+        what = f"{name!r} is a {cls.kind}, not a pretext" if cls else f"unknown method {name!r}"
+        raise ConfigError(what, fix=f"valid methods: {', '.join(pretext_names())}")
+    return cls
+
+
+def describe_methods() -> list[dict[str, Any]]:
+    """One record per registered method: name, kind, description, reference, needs, config."""
+    records = []
+    for name in method_names():
+        cls = _REGISTRY[name]
+        records.append({
+            "name": name,
+            "kind": cls.kind,
+            "description": cls.description,
+            "reference": cls.reference,
+            "needs": sorted(cls.needs),
+            "config": cls.config_class().model_dump(mode="json"),
+        })
+    return records
+
+
+def _valid_names() -> str:
+    groups = [f"{kind}s: {', '.join(names)}" for kind in KINDS
+              if (names := method_names(kind))]
+    return "valid methods: " + "; ".join(groups)
 
 
 def parse_config(name: str, cfg: Mapping[str, Any]) -> PretextConfig:
-    """Validate ``cfg`` against the config class of pretext ``name``; ``ConfigError`` if bad."""
-    cls = pretext_class(name)
+    """Validate ``cfg`` against the config class of method ``name``; ``ConfigError`` if bad."""
+    cls = method_class(name)
     try:
         return cls.config_class.model_validate(dict(cfg))
     except ValidationError as err:
@@ -177,9 +256,13 @@ def mlp_head(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
 
 
 def _discover() -> None:
-    """Import every module of this package so that their ``@register`` decorators run."""
-    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        importlib.import_module(f"{__package__}.{info.name}")
+    """Import every module of the method packages so that their ``@register`` decorators run."""
+    for package in METHOD_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for info in pkgutil.iter_modules(list(spec.submodule_search_locations)):
+            importlib.import_module(f"{package}.{info.name}")
 
 
 def _config_error(name: str, config_class: type[BaseModel], err: ValidationError) -> ConfigError:

@@ -1,0 +1,219 @@
+"""ARIEL-style adversarial view + information regularizer, wrapped around another pretext.
+
+Feng, Jing, Ji, Tong, "Adversarial Graph Contrastive Learning with Information
+Regularization", WWW 2022 (arXiv 2202.06491); official code Shengyu-Feng/ARIEL (``train.py``:
+``loss1 + λ·clamp(2·simi1 − simi2.detach() − simi3.detach(), 0)`` plus ``ε·loss(z1, z_adv)``).
+
+The wrapped pretext (``base``, e.g. ``glcnet``: its global and local losses) supplies the
+contrastive loss ``L_ctr(batch)``; the adversarial view replaces its view 2:
+
+- ``x0`` ``(B, C, S, S)``: view 2's geometry (crop, flip, rot90) without its photometric change,
+  so GLCNet's patch correspondences still hold for ``x0 + δ``.
+- PGD on the frozen model (``model`` and base heads in eval mode, no parameter gradient):
+  ``δ_0 = 0``, K steps of ``δ ← clip(δ + β·sign(∇δ L_ctr(v1, x0 + δ)), −ε, ε)``, ε = 0.04 in
+  normalised units, β = ε/4; ``x_adv = x0 + δ``.
+- ``L = L_ctr(v1, v2) + w_adv·L_ctr(v1, x_adv) + λ·mean(max(0, 2·s12 − s10 − s20))`` with
+  ``s_ab = exp(cos(r_a, r_b)/τ)`` of each item's pooled global vectors ``r`` ``(B, Cg)`` of
+  v1, v2 and x0 (s10, s20 detached); defaults w_adv 0.5, λ 0 (the regularizer costs three more
+  forward passes and is skipped at λ = 0).
+
+Deviations: ARIEL attacks graphs (edges and features) and weights the adversarial loss by ε;
+here the perturbation is on pixels with its own weight ``w_adv``, and the regularizer's
+similarities use pooled global features rather than the base's projected vectors. Only bases
+with GLCNet's view pipeline and a stateless forward can be wrapped (their loss is evaluated
+K + 2 times per step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from rsseg.errors import ConfigError
+from rsseg.losses.infonce import information_regularizer, positive_similarity
+from rsseg.pretexts.base import (
+    DataInfo,
+    Pretext,
+    PretextConfig,
+    get_pretext,
+    pretext_class,
+    register,
+)
+from rsseg.pretexts.features import global_features
+from rsseg.pretexts.views import (
+    MatchedViewSampler,
+    TwoViewSampler,
+    ViewConfig,
+    _crop_box,
+    _flip_rotate,
+    _photometric,
+    _resized_crop,
+    sample_patches,
+)
+
+
+class AdversarialConfig(PretextConfig):
+    """ARIEL-style settings; ``base``/``base_params`` name and configure the wrapped pretext."""
+
+    base: str = "glcnet"
+    base_params: dict[str, Any] = Field(default_factory=dict)
+    eps: float = Field(0.04, gt=0, le=10)
+    steps: int = Field(3, ge=1, le=50)
+    step_size: float | None = Field(None, gt=0, le=10)  # β; None: eps / 4
+    w_adv: float = Field(0.5, ge=0, le=100)
+    lam: float = Field(0.0, ge=0, le=100)
+    tau: float = Field(0.5, gt=0, le=10)  # temperature of the regularizer's similarities
+    view_size: int | None = Field(None, ge=16, le=4096)  # passed on to the base
+
+
+@dataclass(frozen=True)
+class ViewTriple:
+    """GLCNet's view pair plus ``view0``: view 2 before its photometric change (``(C, S, S)``)."""
+
+    view1: np.ndarray
+    view2: np.ndarray
+    view0: np.ndarray
+    index1: np.ndarray
+    index2: np.ndarray
+
+
+def make_view_triple(tile: np.ndarray, rng: np.random.Generator, size: int,
+                     config: ViewConfig | None = None, valid: np.ndarray | None = None
+                     ) -> ViewTriple:
+    """``views.make_view_pair`` (same draws, same views) that also keeps view 2's clean copy."""
+    config = config or ViewConfig()
+    tile = np.asarray(tile, dtype=np.float32)
+    _, h, w = tile.shape
+    ids = np.arange(h * w, dtype=np.int64).reshape(h, w)
+    if valid is not None:
+        ids = np.where(valid, ids, -1)
+    view1, index1 = _resized_crop(tile, ids, size, _crop_box(h, w, config, rng))
+    view2, index2 = _resized_crop(tile, ids, size, _crop_box(h, w, config, rng))
+    view2, index2 = _flip_rotate(view2, index2, config, rng)
+    view0 = view2
+    view2 = _photometric(view2, config, rng)
+
+    def c(a: np.ndarray, dtype: type) -> np.ndarray:
+        return np.ascontiguousarray(a, dtype=dtype)
+
+    return ViewTriple(c(view1, np.float32), c(view2, np.float32), c(view0, np.float32),
+                      c(index1, np.int64), c(index2, np.int64))
+
+
+@dataclass(frozen=True)
+class AdversarialSampler:
+    """The base's items (``view1``, ``view2`` [, ``patches``]) plus ``view0`` ``(C, S, S)``."""
+
+    size: int
+    views: ViewConfig = field(default_factory=ViewConfig)
+    patch_size: int | None = None
+    patch_num: int | None = None
+
+    def __call__(self, tile: np.ndarray, rng: np.random.Generator,
+                 valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        t = make_view_triple(tile, rng, self.size, self.views, valid)
+        item = {"view1": t.view1, "view2": t.view2, "view0": t.view0}
+        if self.patch_size is not None and self.patch_num is not None:
+            item["patches"] = sample_patches(t.index1, t.index2, self.patch_size,
+                                             self.patch_num, rng)
+        return item
+
+
+@register
+class Adversarial(Pretext):
+    """Wraps ``base``; batch = the base's keys + ``view0`` ``(B, C, S, S)``."""
+
+    name = "adversarial"
+    description = ("ARIEL-style PGD view on the frozen model + information regularizer, "
+                   "around a base pretext (default glcnet)")
+    reference = ("Feng et al., Adversarial Graph Contrastive Learning with Information "
+                 "Regularization, WWW 2022 (arXiv 2202.06491)")
+    config_class = AdversarialConfig
+    config: AdversarialConfig
+    stateful = True  # runs the base several times per step: cannot itself be wrapped
+
+    def __init__(self, config: AdversarialConfig, model: nn.Module) -> None:
+        super().__init__(config)
+        if config.base == self.name:
+            raise ConfigError("method 'adversarial' cannot wrap itself", fix="base: glcnet")
+        params = dict(config.base_params)
+        base_cls = pretext_class(config.base)
+        if config.view_size is not None and "view_size" in base_cls.config_class.model_fields:
+            params.setdefault("view_size", config.view_size)
+        self.base = get_pretext(config.base, model, **params)
+        if self.base.stateful:
+            raise ConfigError(f"method 'adversarial' cannot wrap {config.base!r}: its forward "
+                              "updates a queue, bank or momentum encoder, and PGD evaluates "
+                              "it several times per step", fix="base: glcnet, simclr or directclr")
+        self._base_sampler = self.base.sampler()
+        if not isinstance(self._base_sampler, TwoViewSampler | MatchedViewSampler):
+            raise ConfigError(f"method 'adversarial' cannot wrap {config.base!r}: it needs "
+                              "GLCNet's two-view pipeline to build the clean view x0",
+                              fix="base: glcnet, simclr or directclr")
+
+    def check_data(self, available: Collection[str]) -> None:  # type: ignore[override]
+        """The base's data needs."""
+        self.base.check_data(available)
+
+    def bind_data(self, info: DataInfo) -> None:
+        self.base.bind_data(info)
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        self.base.on_epoch_start(epoch, model)
+
+    def embed(self, images: Tensor, model: nn.Module) -> dict[str, Tensor]:
+        return self.base.embed(images, model)
+
+    def sampler(self) -> AdversarialSampler:
+        s = self._base_sampler
+        if isinstance(s, MatchedViewSampler):
+            return AdversarialSampler(s.size, s.views, s.patch_size, s.patch_num)
+        return AdversarialSampler(s.size, s.views)
+
+    def attack(self, batch: Mapping[str, Tensor], model: nn.Module) -> Tensor:
+        """PGD view ``x0 + δ`` ``(B, C, S, S)`` maximising the base loss; model frozen, eval."""
+        cfg = self.config
+        step = cfg.step_size if cfg.step_size is not None else cfg.eps / 4
+        x0 = batch["view0"].detach()
+        modes = [(m, m.training) for m in (model, self.base)]
+        for m, _ in modes:
+            m.eval()
+        try:
+            delta = torch.zeros_like(x0, requires_grad=True)
+            for _ in range(cfg.steps):
+                loss, _ = self.base({**batch, "view2": x0 + delta}, model)
+                (grad,) = torch.autograd.grad(loss, delta)
+                delta = (delta + step * grad.sign()).clamp(-cfg.eps, cfg.eps)
+                delta = delta.detach().requires_grad_(True)
+        finally:
+            for m, was in modes:
+                m.train(was)
+        return (x0 + delta).detach()
+
+    def forward(self, batch: Mapping[str, Tensor], model: nn.Module
+                ) -> tuple[Tensor, dict[str, Tensor]]:
+        cfg = self.config
+        with torch.enable_grad():
+            x_adv = self.attack(batch, model)
+        loss_clean, base_logs = self.base(batch, model)
+        loss_adv, _ = self.base({**batch, "view2": x_adv}, model)
+        loss = loss_clean + cfg.w_adv * loss_adv
+        logs = {k: v for k, v in base_logs.items() if k != "loss"}
+        logs.update(loss_clean=loss_clean.detach(), loss_adv=loss_adv.detach())
+        if cfg.lam > 0:
+            r = [global_features(model, batch[k]).mean(dim=(2, 3))
+                 for k in ("view1", "view2", "view0")]
+            s12 = positive_similarity(r[0], r[1], cfg.tau)
+            s10 = positive_similarity(r[0], r[2], cfg.tau)
+            s20 = positive_similarity(r[1], r[2], cfg.tau)
+            loss_info = information_regularizer(s12, s10, s20)
+            logs["loss_info"] = loss_info.detach()
+            loss = loss + cfg.lam * loss_info
+        logs["loss"] = loss.detach()
+        return loss, logs
