@@ -95,6 +95,10 @@ def dihedral(x: np.ndarray, y: np.ndarray, rng: np.random.Generator
 class LabelledCrops(Dataset):
     """Square crops of labelled rasters, each centred on a labelled pixel.
 
+    Training items (``augment``) draw their centre at random among all ``centres``, so an epoch
+    of ``length`` items covers the whole labelled area whatever its length; evaluation items
+    take centre ``index`` as it is.
+
     ``sources`` pairs a raster path with its label array ``(H, W)`` (uint8 class *indices*,
     ``ignore`` = unlabelled) on that raster's grid; ``centres`` lists ``(source, row, col)``
     of labelled pixels to centre crops on. Nodata pixels become ``ignore``.
@@ -114,7 +118,9 @@ class LabelledCrops(Dataset):
         return self.length
 
     def window(self, index: int, rng: np.random.Generator | None) -> tuple[int, Window]:
-        src, row, col = (int(v) for v in self.centres[index % len(self.centres)])
+        """Training (``rng``): a random centre, jittered; evaluation: centre ``index``."""
+        pick = int(rng.integers(len(self.centres))) if rng is not None else index
+        src, row, col = (int(v) for v in self.centres[pick])
         jitter = rng.integers(-self.crop // 4, self.crop // 4 + 1, 2) if rng else (0, 0)
         top = row - self.crop // 2 + int(jitter[0])
         left = col - self.crop // 2 + int(jitter[1])
