@@ -7,10 +7,17 @@ Unknown keys and out-of-range values raise :class:`ConfigError` naming the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from rsseg.errors import ConfigError, InputError
 
@@ -83,6 +90,56 @@ class FinetuneData(Section):
     ignore_index: int = Field(255, ge=0, le=255)
 
 
+class SupervisedLoss(Section):
+    """The supervised loss on labelled pixels: plain, class-balanced or focal cross-entropy.
+
+    ``balanced_ce`` weighs class ``k`` by ``(1 − β) / (1 − β^n_k)`` (Cui et al., CVPR 2019;
+    ``n_k`` = labelled training pixels of the class), normalised to mean 1 over the classes;
+    ``focal`` is ``−(1 − p_t)^γ · log p_t`` (Lin et al., ICCV 2017), mean over labelled pixels.
+    """
+
+    name: Literal["ce", "balanced_ce", "focal"] = "ce"
+    beta: float = Field(0.9999, ge=0, lt=1)
+    gamma: float = Field(2.0, ge=0, le=10)
+
+
+class DomainSource(Section):
+    """One labelled dataset ("domain") of a multi-domain fine-tuning run (``multidomain``).
+
+    Either ``tiles`` (a tile folder with images/ and labels/) or ``scenes`` with ``labels``.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
+    tiles: Path | None = None
+    scenes: list[Path] = Field(default_factory=list)
+    labels: Path | None = None
+    label_column: str | None = None
+    classes: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DomainSource:
+        if bool(self.tiles) == bool(self.scenes):
+            raise ValueError(f"domain {self.name!r} needs either tiles or scenes (with labels)")
+        if self.scenes and self.labels is None:
+            raise ValueError(f"domain {self.name!r}: scenes need labels")
+        return self
+
+
+def _method_table(value: Any) -> Any:
+    """``[supcon, {name: multidomain, params: {...}}]`` → ``{supcon: {}, multidomain: {...}}``."""
+    if not isinstance(value, list):
+        return value
+    table: dict[str, Any] = {}
+    for item in value:
+        if isinstance(item, str):
+            table[item] = {}
+        elif isinstance(item, dict) and set(item) <= {"name", "params"} and "name" in item:
+            table[str(item["name"])] = item.get("params") or {}
+        else:
+            raise ValueError(f"a regularizer is a name or {{name, params}}, not {item!r}")
+    return table
+
+
 class FinetuneConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: FinetuneData = Field(default_factory=FinetuneData)
@@ -91,6 +148,12 @@ class FinetuneConfig(Section):
     trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(epochs=150))
     tile: int = Field(256, ge=16)  # default predict window stored in the bundle
     overlap: int = Field(64, ge=0)
+    loss: SupervisedLoss = Field(default_factory=SupervisedLoss)
+    # Fine-tuning methods (``rsseg methods``: kind regularizer) by name → their params; YAML may
+    # also list names (``regularizers: [supcon]``). ``--set regularizers.supcon.weight=0.2``.
+    regularizers: Annotated[dict[str, dict[str, Any]],
+                            BeforeValidator(_method_table)] = Field(default_factory=dict)
+    domains: list[DomainSource] = Field(default_factory=list)  # several datasets: multidomain
 
 
 C = TypeVar("C", bound=Section)

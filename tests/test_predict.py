@@ -159,7 +159,8 @@ def test_writer_accepts_uneven_bands_across_block_rows(geotiff_factory, tmp_path
     with pytest.raises(ValueError, match="400 of 600 rows"), open_scene(scene) as src, \
             class_raster_writer(tmp_path / "d.tif", src.info, table) as writer:
         writer.write(0, classes[:400])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "scene.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.qml", "c.tif", "c.tif.aux.xml",
+                                                          "scene.tif"]  # + class sidecars
 
 
 def test_interrupted_run_leaves_no_output(geotiff_factory, models, tmp_path,

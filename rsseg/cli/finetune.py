@@ -1,4 +1,8 @@
-"""``rsseg finetune --out RUN``: train on sparse labels, write the model bundle."""
+"""``rsseg finetune --out RUN``: train on sparse labels, write the model bundle.
+
+``--method NAME`` (repeatable) adds a fine-tuning regularizer (``rsseg methods``), e.g.
+``supcon``; ``--tiles A --tiles B --method multidomain`` trains on several datasets at once.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from rsseg.config import FinetuneConfig, load_config
 def finetune(
     out: Path = typer.Option(Path("runs/finetune"), "--out", "-o", help="Run folder."),
     scene: list[Path] = typer.Option([], help="Scene raster(s) the labels belong to."),
-    tiles: Path | None = typer.Option(None, help="Tile folder with images/ and labels/."),
+    tiles: list[Path] = typer.Option([], help="Tile folder with images/ and labels/ "
+                                      "(repeat for several domains: multidomain)."),
     labels: Path | None = typer.Option(None, help="Label raster (scene grid) or vector file."),
     label_column: str | None = typer.Option(None, help="Class column of vector labels."),
     classes: Path | None = typer.Option(None, help="Classes file (id, name, color)."),
@@ -22,6 +27,8 @@ def finetune(
     init: Path | None = typer.Option(None, help="Pretraining run to start the backbone from."),
     label_fraction: float | None = typer.Option(None, help="Fraction of labelled tiles to use."),
     seed: int | None = typer.Option(None, help="Seed of the label subset, split and training."),
+    method: list[str] = typer.Option([], help="Fine-tuning regularizer to add (repeatable; "
+                                     "see `rsseg methods`) [config: regularizers]."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: key=value."),
     epochs: int | None = typer.Option(None, help="Epochs [config: trainer.epochs]."),
@@ -38,7 +45,9 @@ def finetune(
         "trainer.epochs": epochs, "trainer.batch_size": batch_size, "trainer.seed": seed,
         "trainer.accelerator": device, "trainer.precision": precision,
         "data.label_fraction": label_fraction})
-    bundle = run_finetune(out, cfg, scenes=scene, tiles=tiles, labels=labels,
+    bundle = run_finetune(out, cfg, scenes=scene, tiles=tiles or None, labels=labels,
                           label_column=label_column, classes_file=classes, nodata=nodata,
-                          init=init, resume=resume, overwrite=overwrite)
-    typer.echo(f"Model bundle: {bundle} (log {out}/metrics.csv, plot {out}/loss.png)")
+                          init=init, methods=method, resume=resume, overwrite=overwrite)
+    others = sorted(p.name for p in bundle.parent.glob("model.*.rsseg"))
+    extra = f"; other domains: {', '.join(others)}" if others else ""
+    typer.echo(f"Model bundle: {bundle}{extra} (log {out}/metrics.csv, plot {out}/loss.png)")

@@ -39,13 +39,35 @@ def predict(
     batch_size: int = typer.Option(8, help="Windows per model call."),
     nodata: float | None = typer.Option(None, help="Nodata value, overriding the scene's."),
     device: Device = typer.Option(Device.auto, help="Where the model runs."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+    overwrite: bool = typer.Option(False, help="Replace existing outputs."),
+    domain: str | None = typer.Option(None, help="Domain of a multi-domain bundle to predict "
+                                      "with (rsseg finetune --method multidomain)."),
+    confidence: Path | None = typer.Option(None, help="Also write the max class probability "
+                                           "x 255 (uint8 COG, nodata 0)."),
+    probs: Path | None = typer.Option(None, help="Also write per-class probabilities x 255 "
+                                      "(uint8 COG, one band per class)."),
+    vector: Path | None = typer.Option(None, help="Also write polygons per class (.gpkg, .fgb "
+                                       "or .parquet)."),
+    min_area: float = typer.Option(0.0, help="--vector: drop polygons smaller than this (m²)."),
+    simplify: float = typer.Option(0.0, help="--vector: simplification tolerance (CRS units)."),
+    preview: Path | None = typer.Option(None, help="Also write a PNG quicklook: scene RGB, "
+                                        "prediction, legend."),
+    preview_bands: str | None = typer.Option(None, help="--preview bands R,G,B (names or "
+                                             "1-based numbers; default: red, green, blue)."),
 ) -> None:
-    """Predict a scene with a model bundle: stitched, georeferenced uint8 classes (nodata 255)."""
+    """Predict a scene with a model bundle: stitched, georeferenced uint8 classes (nodata 255).
+
+    The class raster comes with NAME.qml (QGIS style) and NAME.tif.aux.xml (GDAL class names).
+    """
+    from rsseg.pipelines.outputs import OutputOptions
     from rsseg.pipelines.predict import PredictOptions, predict_scene  # loads torch
 
+    outputs = OutputOptions(confidence=confidence, probs=probs, vector=vector,
+                            min_area=min_area, simplify=simplify, preview=preview,
+                            preview_bands=preview_bands)
     options = PredictOptions(tile=tile, overlap=overlap, batch_size=batch_size, nodata=nodata,
-                             device=device.value, overwrite=overwrite)
+                             device=device.value, overwrite=overwrite, outputs=outputs,
+                             domain=domain)
     console = Console(stderr=True)
     columns = (TextColumn("predicting"), BarColumn(), _MpxColumn(), TextColumn("ETA"),
                TimeRemainingColumn(), TimeElapsedColumn())
@@ -56,6 +78,13 @@ def predict(
                                                                         total=total))
     typer.echo(f"Wrote {summary.out} ({summary.width}x{summary.height} px, {summary.windows} "
                f"windows) in {summary.seconds:.1f} s, {summary.mpx_per_s:.2f} Mpx/s")
+    extra = [p for p in summary.outputs if p != summary.out]
+    if extra:
+        typer.echo("Also wrote " + ", ".join(str(p) for p in extra))
+    if summary.vector is not None:
+        v = summary.vector
+        typer.echo(f"Polygons: {v.polygons} written ({v.dropped} under --min-area) in "
+                   f"{v.seconds:.1f} s")
 
 
 class _MpxColumn(ProgressColumn):

@@ -3,14 +3,16 @@
 The checks of flags, output, bundle and scene run before any pixel is predicted. The scene streams
 through :class:`~rsseg.inference.sliding.SlidingWindowPredictor` one band of rows at a time; each
 finished band becomes uint8 class ids (``nodata_id`` where the input is nodata) and goes to the
-streaming :func:`~rsseg.io.writer.class_raster_writer`, which publishes the COG atomically.
+streaming :func:`~rsseg.io.writer.class_raster_writer` (COG + QGIS/GDAL class sidecars) and,
+when asked, to the optional outputs of :mod:`rsseg.pipelines.outputs` (confidence, probabilities,
+polygons, quicklook); all of them are published together, atomically.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +21,14 @@ from rsseg.errors import ConfigError, InputError
 from rsseg.inference.device import resolve_device
 from rsseg.inference.sliding import RowBand, SlidingWindowPredictor
 from rsseg.io.atomic import check_output
+from rsseg.io.publish import publishing
 from rsseg.io.raster import Scene, open_scene
 from rsseg.io.writer import bounded_gdal_cache, class_raster_writer
 from rsseg.models.bundle import BundleMeta, load_bundle
 from rsseg.models.factory import required_multiple
+from rsseg.pipelines.outputs import OutputOptions, check_outputs, extra_outputs
+from rsseg.pipelines.vectorize import VectorSummary
+from rsseg.regularizers.multidomain import domain_bundle
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(pixels_done, pixels_total)`` after each finished band of rows."""
@@ -38,6 +44,8 @@ class PredictOptions:
     nodata: float | None = None
     device: str = "auto"
     overwrite: bool = False
+    outputs: OutputOptions = field(default_factory=OutputOptions)  # --confidence, --vector...
+    domain: str | None = None  # multi-domain bundle: the domain to predict (multidomain)
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,8 @@ class PredictSummary:
     height: int
     windows: int
     seconds: float  # prediction and writing, model loading excluded
+    outputs: tuple[Path, ...] = ()  # every file written, the class raster and its sidecars first
+    vector: VectorSummary | None = None
 
     @property
     def mpx_per_s(self) -> float:
@@ -62,11 +72,13 @@ def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
     and scene header are checked before predicting. Whatever fails, nothing appears at ``out``.
     """
     out = check_output(out, options.overwrite)
+    model = domain_bundle(model, options.domain)  # --domain NAME (multidomain runs)
     net, meta = load_bundle(model)
     tile = meta.tile if options.tile is None else options.tile
     overlap = meta.overlap if options.overlap is None else options.overlap
     multiple = required_multiple(meta.model)
     _check_options(tile, overlap, options.batch_size, multiple, meta)
+    check_outputs(options.outputs, out, meta, options.overwrite)
     device = resolve_device(options.device)
     predictor = SlidingWindowPredictor(net, meta.normalise, meta.model.classes, tile, overlap,
                                        multiple, options.batch_size, device)
@@ -76,13 +88,19 @@ def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
         classes = meta.class_table()
         class_ids = np.asarray(classes.ids, dtype=np.uint8)
         start = time.perf_counter()
-        with class_raster_writer(out, info, classes, meta.nodata_id, options.overwrite) as writer:
+        with publishing() as pub, \
+                class_raster_writer(out, info, classes, meta.nodata_id, options.overwrite,
+                                    pub) as writer, \
+                extra_outputs(options.outputs, src, meta, pub, options.overwrite) as extras:
             for band in predictor.bands(src):
-                writer.write(band.row, class_raster(band, class_ids, meta.nodata_id))
+                ids = class_raster(band, class_ids, meta.nodata_id)
+                writer.write(band.row, ids)
+                extras.add(band, ids)
                 if progress:
                     progress(writer.next_row * info.width, info.width * info.height)
         seconds = time.perf_counter() - start
-    return PredictSummary(out, info.width, info.height, windows, seconds)
+    return PredictSummary(out, info.width, info.height, windows, seconds, tuple(pub.outputs),
+                          extras.vector_summary)
 
 
 def class_raster(band: RowBand, class_ids: np.ndarray, nodata_id: int) -> np.ndarray:
