@@ -38,6 +38,9 @@ def test_demo_chain_on_the_bundled_scene(tiny_budget: None, tmp_path: Path, run_
         assert pred.nodata == 255
         valid = scene.dataset_mask() > 0
         assert ((pred.read(1) == 255) == ~valid).all()  # nodata exactly where the input has none
+    for name in ("glcnet", "random"):  # QGIS style and quicklook beside each map
+        assert (out / f"prediction_{name}.qml").is_file()
+        assert (out / f"preview_{name}.png").stat().st_size > 0
     assert run_cli("demo", "--out", out).exit_code == 1  # never overwritten silently
 
 

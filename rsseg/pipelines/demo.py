@@ -1,8 +1,9 @@
 """``rsseg demo``: the whole chain on the bundled North Carolina Landsat-7 scene.
 
 tile → GLCNet pretraining → fine-tuning on the 2,872 sparse pixels (from the GLCNet backbone and,
-with the same budget, from random init) → predict the whole scene → evaluate both against the
-dense 1996 map, excluding the training pixels and nodata. Sized to finish within 10 minutes on 2
+with the same budget, from random init) → predict the whole scene (class COG with QGIS style and
+a PNG quicklook) → evaluate both against the dense 1996 map, excluding the training pixels and
+nodata. Sized to finish within 10 minutes on 2
 CPU cores. Scene: GRASS GIS North Carolina sample dataset, CC BY-SA 3.0 (see
 ``rsseg/data/nc_landsat/ATTRIBUTION.md``).
 """
@@ -20,6 +21,7 @@ from rsseg.config import FinetuneConfig, PretrainConfig
 from rsseg.io.atomic import check_output
 from rsseg.pipelines.evaluate import evaluate
 from rsseg.pipelines.finetune import finetune
+from rsseg.pipelines.outputs import OutputOptions
 from rsseg.pipelines.predict import PredictOptions, predict_scene
 from rsseg.pipelines.pretrain import pretrain
 from rsseg.pipelines.tile import TileOptions, tile_scenes
@@ -78,7 +80,9 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False,
         bundle = finetune(out / f"finetune_{name}", ft_cfg, scenes=[data / SCENE],
                           labels=data / SPARSE, classes_file=data / CLASSES, init=init)
         pred = out / f"prediction_{name}.tif"
-        predict_scene(data / SCENE, bundle, pred, PredictOptions())
+        outputs = OutputOptions(preview=out / f"preview_{name}.png",
+                                preview_bands="B3_red,B2_green,B1_blue")
+        predict_scene(data / SCENE, bundle, pred, PredictOptions(outputs=outputs))
         scores = evaluate(pred, data / DENSE, exclude=data / SPARSE).scores
         results[name] = {"oa": scores.oa, "kappa": scores.kappa, "miou": scores.miou}
     results["seconds"] = round(time.perf_counter() - start, 1)
