@@ -85,6 +85,16 @@ class PretextConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def check_needs(name: str, needs: Collection[str], available: Collection[str]) -> None:
+    """Raise ``ConfigError`` unless every kind of data method ``name`` needs is available."""
+    missing = sorted(set(needs) - set(available))
+    if missing:
+        raise ConfigError(
+            f"method {name!r} needs {', '.join(missing)}, which this run does not have",
+            fix=f"provide {', '.join(missing)} or choose another method",
+        )
+
+
 class Pretext(nn.Module, ABC):
     """One self-supervised objective. Subclasses are built as ``cls(config, model)``.
 
@@ -110,12 +120,7 @@ class Pretext(nn.Module, ABC):
     @classmethod
     def check_data(cls, available: Collection[str]) -> None:
         """Raise ``ConfigError`` unless every kind of data the method needs is available."""
-        missing = sorted(cls.needs - set(available))
-        if missing:
-            raise ConfigError(
-                f"method {cls.name!r} needs {', '.join(missing)}, which this run does not have",
-                fix=f"provide {', '.join(missing)} or choose another method",
-            )
+        check_needs(cls.name, cls.needs, available)
 
     @abstractmethod
     def sampler(self) -> Sampler:

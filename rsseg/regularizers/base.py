@@ -35,7 +35,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from rsseg.errors import ConfigError
-from rsseg.pretexts.base import PretextConfig, method_class, method_names, parse_config
+from rsseg.pretexts.base import PretextConfig, check_needs, method_class, method_names, parse_config
 
 TAPS = frozenset({"decoder", "bottleneck"})
 
@@ -133,12 +133,7 @@ class Regularizer(nn.Module, ABC):
     @classmethod
     def check_data(cls, available: Collection[str]) -> None:
         """Raise ``ConfigError`` unless every kind of data the method needs is available."""
-        missing = sorted(cls.needs - set(available))
-        if missing:
-            raise ConfigError(
-                f"method {cls.name!r} needs {', '.join(missing)}, which this run does not have",
-                fix=f"provide {', '.join(missing)} or choose another method",
-            )
+        check_needs(cls.name, cls.needs, available)
 
     @abstractmethod
     def forward(self, step: SegStep) -> tuple[Tensor, dict[str, Tensor]]:
