@@ -31,7 +31,10 @@ SPARSE = "landsat96_sparse_training_pixels_uint8.tif"
 DENSE = "landclass96_labels_uint8.tif"
 CLASSES = "classes_nc_landcover.yaml"
 
-MODEL = {"arch": "unet", "encoder": "resnet18", "kwargs": {}}
+# A shallow U-Net (3 encoder stages, receptive field ~100 px): at 28.5 m the classes are mostly
+# spectral, and on this scene it scored higher than the 5-stage U-Net in less time (see the notes).
+MODEL = {"arch": "unet", "encoder": "resnet18",
+         "kwargs": {"encoder_depth": 3, "decoder_channels": [64, 32, 16]}}
 TILE = {"size": 64, "stride": 32, "max_nodata": 0.5}
 PRETRAIN = {
     "model": MODEL,
