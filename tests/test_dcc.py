@@ -16,17 +16,13 @@ from rsseg.pipelines import condense as condense_module
 from rsseg.pipelines.condense import _matching_loss, masked_ce
 from rsseg.regularizers.dcc import ConvNet, DCCConfig, gradient_distance, matched_parameters
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = ["per_class=2", "size=16", "iterations=3", "batch_real=8", "real_pool=12",
         "net_width=8", "inner_loop=2", "net_steps=1", "outer_warmup=1", "inner_warmup=1",
         "device=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def naive_distance(gw_syn, gw_real) -> float:

@@ -22,13 +22,7 @@ DEEPLAB = {"encoder_output_stride": 16, "decoder_atrous_rates": [6, 12, 18],
            "decoder_aspp_separable": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    """One intra-op thread: on a small shared CPU, more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(arch: str = "unet", bands: int = 4, seed: int = 0) -> nn.Module:

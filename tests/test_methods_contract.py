@@ -24,6 +24,8 @@ from rsseg.config import PretrainConfig, load_config
 from rsseg.models.factory import ModelSpec, build_model
 from rsseg.pretexts.base import DataInfo, Pretext, get_pretext, pretext_class, pretext_names
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHARED_SCENE = (Path(os.environ.get("RSSEG_SHARED_DATA",
                                     Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -31,12 +33,6 @@ SHARED_SCENE = (Path(os.environ.get("RSSEG_SHARED_DATA",
 VIEW, PATCH, TILE, ITEMS = 64, 16, 80, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiles_and_info() -> tuple[list[np.ndarray], list[np.ndarray], DataInfo]:

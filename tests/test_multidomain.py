@@ -33,20 +33,17 @@ from rsseg.regularizers.multidomain import (
     domain_contrast_loss,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning",
-                                        "ignore:.*no CRS/georeferencing")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning",
+                               "ignore:.*no CRS/georeferencing"),
+]
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = ["data.crop_size=32", "data.val_fraction=0.3", "trainer.batch_size=2",
         "trainer.steps_per_epoch=2", "trainer.accelerator=cpu", "trainer.epochs=1", "tile=32",
         "overlap=8"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def naive_domain_contrast(z: torch.Tensor, d: torch.Tensor, margin: float) -> float:

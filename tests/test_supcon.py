@@ -19,18 +19,14 @@ from rsseg.regularizers.base import SegInfo, SegPart, SegStep, get_regularizer
 from rsseg.regularizers.supcon import SupCon, sample_anchors, supcon_loss
 from rsseg.training.modules import SegmentationModule, class_balanced_weights, focal_loss
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = ["data.crop_size=32", "data.val_block=16", "trainer.batch_size=4",
         "trainer.steps_per_epoch=2", "trainer.accelerator=cpu", "tile=64", "overlap=16",
         "regularizers.supcon.anchors_per_class=8"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def naive_supcon(z: torch.Tensor, y: torch.Tensor, tau: float, bank_z=None, bank_y=None

@@ -50,10 +50,7 @@ from rsseg.pretexts.views import (
     MatchedViewSampler,
     TwoViewSampler,
     ViewConfig,
-    _crop_box,
-    _flip_rotate,
-    _photometric,
-    _resized_crop,
+    make_view_pair,
     sample_patches,
 )
 
@@ -73,40 +70,6 @@ class AdversarialConfig(PretextConfig):
 
 
 @dataclass(frozen=True)
-class ViewTriple:
-    """GLCNet's view pair plus ``view0``: view 2 before its photometric change (``(C, S, S)``)."""
-
-    view1: np.ndarray
-    view2: np.ndarray
-    view0: np.ndarray
-    index1: np.ndarray
-    index2: np.ndarray
-
-
-def make_view_triple(tile: np.ndarray, rng: np.random.Generator, size: int,
-                     config: ViewConfig | None = None, valid: np.ndarray | None = None
-                     ) -> ViewTriple:
-    """``views.make_view_pair`` (same draws, same views) that also keeps view 2's clean copy."""
-    config = config or ViewConfig()
-    tile = np.asarray(tile, dtype=np.float32)
-    _, h, w = tile.shape
-    ids = np.arange(h * w, dtype=np.int64).reshape(h, w)
-    if valid is not None:
-        ids = np.where(valid, ids, -1)
-    view1, index1 = _resized_crop(tile, ids, size, _crop_box(h, w, config, rng))
-    view2, index2 = _resized_crop(tile, ids, size, _crop_box(h, w, config, rng))
-    view2, index2 = _flip_rotate(view2, index2, config, rng)
-    view0 = view2
-    view2 = _photometric(view2, config, rng)
-
-    def c(a: np.ndarray, dtype: type) -> np.ndarray:
-        return np.ascontiguousarray(a, dtype=dtype)
-
-    return ViewTriple(c(view1, np.float32), c(view2, np.float32), c(view0, np.float32),
-                      c(index1, np.int64), c(index2, np.int64))
-
-
-@dataclass(frozen=True)
 class AdversarialSampler:
     """The base's items (``view1``, ``view2`` [, ``patches``]) plus ``view0`` ``(C, S, S)``."""
 
@@ -117,7 +80,7 @@ class AdversarialSampler:
 
     def __call__(self, tile: np.ndarray, rng: np.random.Generator,
                  valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        t = make_view_triple(tile, rng, self.size, self.views, valid)
+        t = make_view_pair(tile, rng, self.size, self.views, valid)
         item = {"view1": t.view1, "view2": t.view2, "view0": t.view0}
         if self.patch_size is not None and self.patch_num is not None:
             item["patches"] = sample_patches(t.index1, t.index2, self.patch_size,

@@ -70,12 +70,14 @@ class ViewPair:
     """Two views ``(C, S, S)`` float32 and their source-pixel ids ``(S, S)`` int64.
 
     A source id is ``row * W + col`` in the ``(C, H, W)`` tile; -1 marks an invalid source pixel.
+    ``view0`` is view 2 before its photometric change (same geometry; used by ``adversarial``).
     """
 
     view1: np.ndarray
     view2: np.ndarray
     index1: np.ndarray
     index2: np.ndarray
+    view0: np.ndarray
 
 
 def make_view_pair(
@@ -104,13 +106,14 @@ def make_view_pair(
         ids = np.where(valid, ids, -1)
     view1, index1 = _resized_crop(tile, ids, size, _crop_box(h, w, config, rng))
     view2, index2 = _resized_crop(tile, ids, size, _crop_box(h, w, config, rng))
-    view2, index2 = _flip_rotate(view2, index2, config, rng)
-    view2 = _photometric(view2, config, rng)
+    view0, index2 = _flip_rotate(view2, index2, config, rng)
+    view2 = _photometric(view0, config, rng)
     return ViewPair(
         view1=np.ascontiguousarray(view1, dtype=np.float32),
         view2=np.ascontiguousarray(view2, dtype=np.float32),
         index1=np.ascontiguousarray(index1, dtype=np.int64),
         index2=np.ascontiguousarray(index2, dtype=np.int64),
+        view0=np.ascontiguousarray(view0, dtype=np.float32),
     )
 
 
