@@ -169,16 +169,17 @@ def test_interrupted_run_leaves_no_output(geotiff_factory, models, tmp_path,
     real = SlidingWindowPredictor.probabilities
     calls = []
 
-    def interrupt_second_batch(self, pixels, valid):
+    def interrupt_second_batch(self, x):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, pixels, valid)
+        return real(self, x)
 
     monkeypatch.setattr(SlidingWindowPredictor, "probabilities", interrupt_second_batch)
     (tmp_path / "out").mkdir()
     with pytest.raises(KeyboardInterrupt):
-        predict_scene(scene, models["pixel"], tmp_path / "out" / "p.tif")
+        predict_scene(scene, models["pixel"], tmp_path / "out" / "p.tif",
+                      PredictOptions(batch_size=1))
     assert len(calls) == 2 and list((tmp_path / "out").iterdir()) == []
 
 

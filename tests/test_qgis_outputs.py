@@ -228,18 +228,19 @@ def test_outputs_appear_together_or_not_at_all(geotiff_factory, bundle, tmp_path
     real = SlidingWindowPredictor.probabilities
     calls = []
 
-    def interrupt_third_batch(self, pixels, valid):
+    def interrupt_third_batch(self, x):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(self, pixels, valid)
+        return real(self, x)
 
     monkeypatch.setattr(SlidingWindowPredictor, "probabilities", interrupt_third_batch)
     out = tmp_path / "new" / "deeper"
     outputs = OutputOptions(confidence=out / "c.tif", probs=out / "p.tif",
                             vector=out / "v.gpkg", preview=out / "v.png")
     with pytest.raises(KeyboardInterrupt):
-        predict_scene(scene, bundle, out / "pred.tif", PredictOptions(outputs=outputs))
+        predict_scene(scene, bundle, out / "pred.tif",
+                      PredictOptions(batch_size=1, outputs=outputs))
     assert len(calls) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
 
 

@@ -27,6 +27,17 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Backend(str, Enum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
 @app.command()
 def predict(
     scene: Path = typer.Argument(..., help="Scene raster with the model's bands.",
@@ -36,9 +47,17 @@ def predict(
     tile: int | None = typer.Option(None, help="Window side in pixels (default: the bundle's)."),
     overlap: int | None = typer.Option(None, help="Window overlap in pixels (default: the "
                                                   "bundle's)."),
-    batch_size: int = typer.Option(8, help="Windows per model call."),
+    batch_size: int | None = typer.Option(None, help="Windows per model call [default: 8 on "
+                                          "CPU, what fits the card on a GPU]."),
     nodata: float | None = typer.Option(None, help="Nodata value, overriding the scene's."),
     device: Device = typer.Option(Device.auto, help="Where the model runs."),
+    precision: Precision = typer.Option(Precision.fp32, help="fp32; bf16 on CPUs with AVX-512 "
+                                        "BF16/AMX and on GPUs; fp16 on GPUs."),
+    backend: Backend = typer.Option(Backend.torch, help="torch, or onnxruntime (CPU, fp32; "
+                                    "needs pip install 'rsseg[onnx]'; the graph is cached by "
+                                    "the bundle's hash in $RSSEG_CACHE_DIR or ~/.cache/rsseg)."),
+    threads: int | None = typer.Option(None, help="CPU threads for the model [default: all "
+                                       "cores]."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
     domain: str | None = typer.Option(None, help="Domain of a multi-domain bundle to predict "
                                       "with (rsseg finetune --method multidomain)."),
@@ -59,6 +78,7 @@ def predict(
 
     The class raster comes with NAME.qml (QGIS style) and NAME.tif.aux.xml (GDAL class names).
     """
+    from rsseg.inference.runtime import RuntimeOptions
     from rsseg.pipelines.outputs import OutputOptions
     from rsseg.pipelines.predict import PredictOptions, predict_scene  # loads torch
 
@@ -67,7 +87,9 @@ def predict(
                             preview_bands=preview_bands)
     options = PredictOptions(tile=tile, overlap=overlap, batch_size=batch_size, nodata=nodata,
                              device=device.value, overwrite=overwrite, outputs=outputs,
-                             domain=domain)
+                             domain=domain,
+                             runtime=RuntimeOptions(backend=backend.value,
+                                                    precision=precision.value, threads=threads))
     console = Console(stderr=True)
     columns = (TextColumn("predicting"), BarColumn(), _MpxColumn(), TextColumn("ETA"),
                TimeRemainingColumn(), TimeElapsedColumn())

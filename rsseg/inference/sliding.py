@@ -1,24 +1,27 @@
 """Sliding-window prediction of a whole scene, one band of rows at a time.
 
-Windows of one window row go through the model in batches; their softmax probabilities are
-blended with a Hann weight window (:mod:`rsseg.tiling.blend`) into a
+Windows go through the model in batches (a batch may span window rows); their softmax
+probabilities are blended with a Hann weight window (:mod:`rsseg.tiling.blend`) into a
 :class:`~rsseg.inference.accumulate.RowBandAccumulator`. When a window row is done, the rows no
-later window touches are normalised and yielded as a :class:`RowBand`. Memory is one band of rows
-of input (read block-aligned by :class:`~rsseg.io.raster.RowBandReader`) and of probabilities.
+later window touches are normalised and yielded as a :class:`RowBand`. A background thread reads
+and normalises the next batches (:func:`~rsseg.inference.background.prefetch`) while the model
+runs. Memory is one band of rows of input (read block-aligned by
+:class:`~rsseg.io.raster.RowBandReader`) and of probabilities, plus ``prefetch`` batches.
 Nodata pixels and the padding of scenes smaller than a tile enter the model as the band mean.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from rasterio.windows import Window
-from torch import nn
 
 from rsseg.inference.accumulate import RowBandAccumulator
+from rsseg.inference.background import prefetch
+from rsseg.inference.runtime import Runner
 from rsseg.io.raster import RowBandReader, Scene
 from rsseg.tiling.blend import Layout, layout
 
@@ -35,55 +38,79 @@ class RowBand:
     valid: np.ndarray  # (h, W) bool, False where every band of the input is nodata
 
 
-class SlidingWindowPredictor:
-    """Runs ``model`` over a scene in ``tile`` windows overlapping by ``overlap`` pixels.
+@dataclass
+class _Batch:
+    """Model input for some windows, and the window rows finished once they are blended."""
 
-    ``model`` maps ``(B, C, H, W)`` float32 to ``(B, K, H, W)`` logits; ``multiple`` is the side
-    multiple it needs (windows of scenes smaller than a tile are padded up to it).
+    x: np.ndarray  # (B, C, win_h, win_w) float32, normalised, 0 where invalid
+    windows: list[tuple[int, int]]  # (window row index, column) of each batch item
+    finished: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (row index, valid)
+
+
+class SlidingWindowPredictor:
+    """Runs ``runner`` over a scene in ``tile`` windows overlapping by ``overlap`` pixels.
+
+    ``runner`` maps ``(B, C, H, W)`` float32 to ``(B, K, H, W)`` logits
+    (:mod:`rsseg.inference.runtime`); ``multiple`` is the side multiple the model needs
+    (windows of scenes smaller than a tile are padded up to it).
     """
 
-    def __init__(self, model: nn.Module, normalise: Normalise, classes: int, tile: int,
-                 overlap: int, multiple: int, batch_size: int, device: torch.device) -> None:
-        self.model = model.to(device).eval()
+    def __init__(self, runner: Runner, normalise: Normalise, classes: int, tile: int,
+                 overlap: int, multiple: int, batch_size: int, prefetch: int = 2) -> None:
+        self.runner = runner
         self.normalise = normalise
         self.classes = classes
         self.tile = tile
         self.overlap = overlap
         self.multiple = multiple
         self.batch_size = batch_size
-        self.device = device
+        self.prefetch = prefetch
 
     def layout(self, scene: Scene) -> Layout:
         return layout(scene.info.height, scene.info.width, self.tile, self.overlap, self.multiple)
 
     @torch.inference_mode()
-    def probabilities(self, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """``(B, C, h, w)`` source pixels → ``(B, K, h, w)`` float32 softmax probabilities.
-
-        Pixels where ``valid`` ``(B, h, w)`` is False, and non-finite values, enter the model
-        as 0 after normalisation (the band mean), so nodata values never leak into neighbours.
-        """
-        x = self.normalise(pixels)
-        x = np.where(valid[:, None] & np.isfinite(x), x, np.float32(0))
-        logits = self.model(torch.from_numpy(x).to(self.device))
-        return logits.float().softmax(dim=1).cpu().numpy()
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """``(B, C, h, w)`` normalised input → ``(B, K, h, w)`` float32 softmax probabilities."""
+        return self.runner(x).float().softmax(dim=1).cpu().numpy()
 
     def bands(self, scene: Scene) -> Iterator[RowBand]:
         """Blended predictions of ``scene``, top to bottom, one finished band of rows at a time."""
         lay = self.layout(scene)
-        reader = RowBandReader(scene)
         acc = RowBandAccumulator(lay, self.classes)
-        for i, row in enumerate(lay.rows):
-            for start in range(0, len(lay.cols), self.batch_size):
-                cols = lay.cols[start:start + self.batch_size]
-                pixels = np.stack([reader.read(Window(c, row, lay.win_w, lay.win_h))
-                                   for c in cols])
-                valid = np.stack([scene.valid_mask(p) for p in pixels])
-                valid[:, lay.height - row:] = False  # padding below a scene shorter than a tile
-                for b, col in enumerate(cols):
-                    valid[b, :, lay.width - col:] = False  # padding right of a narrow scene
-                for col, probs in zip(cols, self.probabilities(pixels, valid), strict=True):
-                    acc.add(col, probs)
-            n = lay.finished_rows(i)
-            rows_valid = scene.valid_mask(reader.read(Window(0, row, lay.width, n)))
-            yield RowBand(row, acc.pop_rows(n), rows_valid)
+        pending: list[tuple[int, np.ndarray]] = []  # finished rows not yet popped
+        for batch in prefetch(self._batches(scene, lay), self.prefetch):
+            probs = self.probabilities(batch.x)
+            pending += batch.finished
+            for (i, col), window_probs in zip(batch.windows, probs, strict=True):
+                while pending and pending[0][0] < i:  # a later window row starts: pop first
+                    yield self._pop(acc, lay, *pending.pop(0))
+                acc.add(col, window_probs)
+            while pending:
+                yield self._pop(acc, lay, *pending.pop(0))
+
+    @staticmethod
+    def _pop(acc: RowBandAccumulator, lay: Layout, i: int, valid: np.ndarray) -> RowBand:
+        return RowBand(lay.rows[i], acc.pop_rows(lay.finished_rows(i)), valid)
+
+    def _batches(self, scene: Scene, lay: Layout) -> Iterator[_Batch]:
+        """Normalised batches of windows in row-major order (runs in the prefetch thread)."""
+        reader = RowBandReader(scene)
+        windows = [(i, col) for i in range(len(lay.rows)) for col in lay.cols]
+        last_col = lay.cols[-1]
+        for start in range(0, len(windows), self.batch_size):
+            chunk = windows[start:start + self.batch_size]
+            pixels, finished = [], []
+            for i, col in chunk:
+                pixels.append(reader.read(Window(col, lay.rows[i], lay.win_w, lay.win_h)))
+                if col == last_col:  # window row i is complete: the mask of its finished rows
+                    rows = Window(0, lay.rows[i], lay.width, lay.finished_rows(i))
+                    finished.append((i, scene.valid_mask(reader.read(rows))))
+            pixels = np.stack(pixels)
+            valid = np.stack([scene.valid_mask(p) for p in pixels])
+            for b, (i, col) in enumerate(chunk):
+                valid[b, lay.height - lay.rows[i]:] = False  # padding below a short scene
+                valid[b, :, lay.width - col:] = False  # padding right of a narrow scene
+            x = self.normalise(pixels)
+            x = np.where(valid[:, None] & np.isfinite(x), x, np.float32(0))
+            yield _Batch(x, chunk, finished)

@@ -98,7 +98,7 @@ def export_onnx(model: str | Path, out: str | Path, tile: int | None = None,
     out = check_output(out, overwrite)
     if out.suffix.lower() != ".onnx":
         raise ConfigError(f"--out {out}: an ONNX model file is written", "name it .onnx")
-    onnx, ort = _require_onnx()
+    onnx, ort = require_onnx("export-onnx")
     net, meta = load_bundle(model)
     tile = meta.tile if tile is None else tile
     multiple = required_multiple(meta.model)
@@ -109,7 +109,7 @@ def export_onnx(model: str | Path, out: str | Path, tile: int | None = None,
     start = time.perf_counter()
     wrapped = nn.Sequential(net, nn.Softmax(dim=1)).eval()
     x = torch.randn(1, len(meta.bands), tile, tile, generator=torch.Generator().manual_seed(0))
-    proto = _export(wrapped, x, meta, Path(model))
+    proto = export_graph(wrapped, x, meta, Path(model))
     props, notes = deepness_metadata(meta, tile)
     for key, value in props.items():
         entry = proto.metadata_props.add()
@@ -131,20 +131,26 @@ def export_onnx(model: str | Path, out: str | Path, tile: int | None = None,
                       time.perf_counter() - start, tuple(notes))
 
 
-def _require_onnx():
+def require_onnx(what: str):
+    """``(onnx, onnxruntime)``; a missing optional package is a ConfigError naming the extra."""
     try:
         import onnx
         import onnxruntime
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError as err:
-        raise ConfigError(f"export-onnx needs the optional package {err.name or 'onnx'}",
+        raise ConfigError(f"{what} needs the optional package {err.name or 'onnx'}",
                           f"install it with {ONNX_INSTALL}") from None
     return onnx, onnxruntime
 
 
-def _export(wrapped: nn.Module, x: torch.Tensor, meta: BundleMeta, model: Path):
-    """``torch.onnx.export`` → ModelProto, its chatter silenced; failures → one line naming
-    the operator (or construct) that cannot be exported."""
+def export_graph(wrapped: nn.Module, x: torch.Tensor, meta: BundleMeta, model: Path,
+                 dynamic_batch: bool = False):
+    """``torch.onnx.export`` of ``wrapped`` on input ``x`` → ModelProto (input ``"input"``,
+    output ``"output"``; the batch axis dynamic when asked), the exporter's chatter silenced.
+
+    Failures → InputError naming the operator (or construct) that cannot be exported.
+    """
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     chatter = io.StringIO()
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo",
                                               "onnxscript", "torch.fx.experimental")]
@@ -157,7 +163,8 @@ def _export(wrapped: nn.Module, x: torch.Tensor, meta: BundleMeta, model: Path):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(wrapped, (x,), None, dynamo=True, opset_version=OPSET,
                                         input_names=["input"], output_names=["output"],
-                                        external_data=False, verbose=False)
+                                        dynamic_shapes=dynamic, external_data=False,
+                                        verbose=False)
         return program.model_proto
     except Exception as err:  # the exporter raises many types; name the culprit
         raise InputError(f"{model}: {meta.model.arch}/{meta.model.encoder} cannot be exported "

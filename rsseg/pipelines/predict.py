@@ -1,11 +1,13 @@
 """``rsseg predict``: a scene + a model bundle → a georeferenced class raster (COG).
 
 The checks of flags, output, bundle and scene run before any pixel is predicted. The scene streams
-through :class:`~rsseg.inference.sliding.SlidingWindowPredictor` one band of rows at a time; each
-finished band becomes uint8 class ids (``nodata_id`` where the input is nodata) and goes to the
-streaming :func:`~rsseg.io.writer.class_raster_writer` (COG + QGIS/GDAL class sidecars) and,
-when asked, to the optional outputs of :mod:`rsseg.pipelines.outputs` (confidence, probabilities,
-polygons, quicklook); all of them are published together, atomically.
+through :class:`~rsseg.inference.sliding.SlidingWindowPredictor` one band of rows at a time (the
+model run as :mod:`rsseg.inference.runtime` chooses: backend, precision, threads, device); each
+finished band becomes uint8 class ids (``nodata_id`` where the input is nodata) and goes, in a
+background writer thread, to the streaming :func:`~rsseg.io.writer.class_raster_writer` (COG +
+QGIS/GDAL class sidecars) and, when asked, to the optional outputs of
+:mod:`rsseg.pipelines.outputs` (confidence, probabilities, polygons, quicklook); all of them are
+published together, atomically.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from rsseg.errors import ConfigError, InputError
+from rsseg.inference.background import BackgroundWorker
 from rsseg.inference.device import resolve_device
+from rsseg.inference.runtime import (
+    RuntimeOptions,
+    auto_batch_size,
+    build_runner,
+    check_runtime,
+    torch_threads,
+)
 from rsseg.inference.sliding import RowBand, SlidingWindowPredictor
 from rsseg.io.atomic import check_output
 from rsseg.io.publish import publishing
@@ -29,6 +39,7 @@ from rsseg.models.factory import required_multiple
 from rsseg.pipelines.outputs import OutputOptions, check_outputs, extra_outputs
 from rsseg.pipelines.vectorize import VectorSummary
 from rsseg.regularizers.multidomain import domain_bundle
+from rsseg.tiling.blend import layout
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(pixels_done, pixels_total)`` after each finished band of rows."""
@@ -36,13 +47,15 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """Flags of ``rsseg predict``; ``tile``/``overlap`` None take the bundle's defaults."""
+    """Flags of ``rsseg predict``; ``tile``/``overlap`` None take the bundle's defaults,
+    ``batch_size`` None is 8 on CPU and what fits the card on a GPU."""
 
     tile: int | None = None
     overlap: int | None = None
-    batch_size: int = 8
+    batch_size: int | None = None
     nodata: float | None = None
     device: str = "auto"
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)  # --backend, --precision...
     overwrite: bool = False
     outputs: OutputOptions = field(default_factory=OutputOptions)  # --confidence, --vector...
     domain: str | None = None  # multi-domain bundle: the domain to predict (multidomain)
@@ -57,6 +70,7 @@ class PredictSummary:
     seconds: float  # prediction and writing, model loading excluded
     outputs: tuple[Path, ...] = ()  # every file written, the class raster and its sidecars first
     vector: VectorSummary | None = None
+    batch_size: int = 8  # windows per model call, as chosen
 
     @property
     def mpx_per_s(self) -> float:
@@ -80,27 +94,38 @@ def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
     _check_options(tile, overlap, options.batch_size, multiple, meta)
     check_outputs(options.outputs, out, meta, options.overwrite)
     device = resolve_device(options.device)
-    predictor = SlidingWindowPredictor(net, meta.normalise, meta.model.classes, tile, overlap,
-                                       multiple, options.batch_size, device)
-    with bounded_gdal_cache(), open_scene(scene, nodata=options.nodata) as src:
+    check_runtime(options.runtime, device)
+    with torch_threads(options.runtime.threads), bounded_gdal_cache(), \
+            open_scene(scene, nodata=options.nodata) as src:
         _check_bands(src, meta, Path(model))
-        info, windows = src.info, predictor.layout(src).count
-        classes = meta.class_table()
+        info, classes = src.info, meta.class_table()
+        lay = layout(info.height, info.width, tile, overlap, multiple)
+        runner = build_runner(net, meta, Path(model), device, options.runtime,
+                              (lay.win_h, lay.win_w))
+        batch_size = options.batch_size or auto_batch_size(
+            runner, device, (len(meta.bands), lay.win_h, lay.win_w), lay.count)
+        predictor = SlidingWindowPredictor(runner, meta.normalise, meta.model.classes, tile,
+                                           overlap, multiple, batch_size)
         class_ids = np.asarray(classes.ids, dtype=np.uint8)
         start = time.perf_counter()
         with publishing() as pub, \
                 class_raster_writer(out, info, classes, meta.nodata_id, options.overwrite,
                                     pub) as writer, \
                 extra_outputs(options.outputs, src, meta, pub, options.overwrite) as extras:
-            for band in predictor.bands(src):
+
+            def finish(band: RowBand) -> None:  # runs in the writer thread
                 ids = class_raster(band, class_ids, meta.nodata_id)
                 writer.write(band.row, ids)
                 extras.add(band, ids)
                 if progress:
                     progress(writer.next_row * info.width, info.width * info.height)
+
+            with BackgroundWorker(depth=2) as background:
+                for band in predictor.bands(src):  # band.probs is a view: hand over a copy
+                    background.submit(finish, RowBand(band.row, band.probs.copy(), band.valid))
         seconds = time.perf_counter() - start
-    return PredictSummary(out, info.width, info.height, windows, seconds, tuple(pub.outputs),
-                          extras.vector_summary)
+    return PredictSummary(out, info.width, info.height, lay.count, seconds, tuple(pub.outputs),
+                          extras.vector_summary, batch_size)
 
 
 def class_raster(band: RowBand, class_ids: np.ndarray, nodata_id: int) -> np.ndarray:
@@ -123,7 +148,7 @@ def argmax_channels(probs: np.ndarray) -> np.ndarray:
     return index
 
 
-def _check_options(tile: int, overlap: int, batch_size: int, multiple: int,
+def _check_options(tile: int, overlap: int, batch_size: int | None, multiple: int,
                    meta: BundleMeta) -> None:
     name = f"{meta.model.arch}/{meta.model.encoder}"
     if tile < 1 or tile % multiple:
@@ -134,7 +159,7 @@ def _check_options(tile: int, overlap: int, batch_size: int, multiple: int,
     if not 0 <= overlap < tile:
         raise ConfigError(f"--overlap {overlap} must be at least 0 and smaller than the tile "
                           f"({tile})", f"use e.g. --overlap {tile // 8}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} must be at least 1", "use e.g. 8")
 
 

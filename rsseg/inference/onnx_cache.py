@@ -1,0 +1,87 @@
+"""The ONNX graph of a bundle for ``predict --backend onnxruntime``, exported once and cached.
+
+The cache file is named by the SHA-256 of the bundle file (plus the window shape and opset), and
+the digest is also stored in the graph's metadata and checked when the file is reused, so a
+graph exported from another bundle is never run. The cache folder is ``$RSSEG_CACHE_DIR``, else
+``$XDG_CACHE_HOME/rsseg``, else ``~/.cache/rsseg``; files appear atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rsseg.errors import OutputError
+from rsseg.io.publish import publishing
+from rsseg.models.bundle import BundleMeta
+from rsseg.models.onnx_export import MAX_ABS_DIFF, OPSET, export_graph, require_onnx
+
+DIGEST_KEY = "rsseg_bundle_sha256"
+
+
+def cache_dir() -> Path:
+    """Where cached graphs live (created on first use)."""
+    root = os.environ.get("RSSEG_CACHE_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "rsseg"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def runtime_graph(bundle: Path, net: nn.Module, meta: BundleMeta, height: int,
+                  width: int) -> Path:
+    """The cached ``(B, C, height, width)`` float32 → ``(B, K, height, width)`` logits graph of
+    ``bundle`` (dynamic batch), exported and verified against PyTorch on first use.
+
+    Raises ConfigError when the onnx extra is missing, InputError when the architecture cannot be
+    exported, OutputError when the export disagrees with PyTorch or cannot be cached.
+    """
+    onnx, ort = require_onnx("--backend onnxruntime")
+    digest = file_sha256(bundle)
+    path = cache_dir() / "onnx" / f"{digest[:32]}-{height}x{width}-opset{OPSET}.onnx"
+    if path.is_file() and _graph_digest(path, onnx) == digest:
+        return path
+    x = torch.randn(2, len(meta.bands), height, width,
+                    generator=torch.Generator().manual_seed(0))
+    proto = export_graph(net.eval(), x, meta, bundle, dynamic_batch=True)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = DIGEST_KEY, digest
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.inference_mode():
+        diff = float(np.max(np.abs(got - net(x).numpy())))
+    if not diff <= MAX_ABS_DIFF:
+        raise OutputError(f"the ONNX graph of {bundle} differs from PyTorch by {diff:.2e} "
+                          f"(more than {MAX_ABS_DIFF:g})", "use --backend torch")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with publishing() as pub:
+            pub.stage(path, overwrite=True).write_bytes(data)
+    except OSError as err:
+        raise OutputError(f"cannot cache the ONNX graph in {path.parent}: {err.strerror}",
+                          "set RSSEG_CACHE_DIR to a writable folder") from None
+    return path
+
+
+def _graph_digest(path: Path, onnx) -> str | None:
+    """The bundle digest recorded in the cached graph, None when unreadable."""
+    try:
+        proto = onnx.load(str(path))
+    except Exception:  # a truncated or foreign file: re-exported over
+        return None
+    return next((p.value for p in proto.metadata_props if p.key == DIGEST_KEY), None)

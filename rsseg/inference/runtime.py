@@ -1,0 +1,165 @@
+"""How the model runs: backend (PyTorch or ONNX Runtime), precision, threads, GPU staging.
+
+A *runner* maps a ``(B, C, H, W)`` float32 numpy batch of normalised pixels to ``(B, K, H, W)``
+logits (a torch tensor on the runner's device). Choices and their checks:
+
+- ``torch`` backend: the model in channels-last memory format (oneDNN and cuDNN pick faster
+  convolution kernels for it; same answers), ``fp32``, or autocast ``bf16`` (CPUs with native
+  bf16 — AVX-512 BF16 or AMX — and GPUs that support it) or ``fp16`` (GPU only). On a GPU the
+  batch goes through one pinned host buffer with a non-blocking copy.
+- ``onnxruntime`` backend (optional extra, CPU, fp32): the bundle's graph exported once and cached
+  by the bundle's hash (:mod:`rsseg.inference.onnx_cache`).
+- ``threads``: intra-op threads of either backend (default: PyTorch's, i.e. the cores).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rsseg.errors import ConfigError
+from rsseg.models.bundle import BundleMeta
+
+BACKENDS = ("torch", "onnxruntime")
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+Runner = Callable[[np.ndarray], torch.Tensor]
+"""``(B, C, H, W)`` float32 normalised pixels → ``(B, K, H, W)`` logits."""
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """``--backend``, ``--precision``, ``--threads`` (None: PyTorch's default)."""
+
+    backend: str = "torch"
+    precision: str = "fp32"
+    threads: int | None = None
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Native bf16 matrix units: AVX-512 BF16/AMX on CPU (as oneDNN sees them), or the GPU's."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_runtime(options: RuntimeOptions, device: torch.device) -> None:
+    """ConfigError (one line) for a choice this machine or backend cannot run."""
+    if options.backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {options.backend!r}",
+                          f"use one of {', '.join(BACKENDS)}")
+    if options.precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {options.precision!r}",
+                          f"use one of {', '.join(PRECISIONS)}")
+    if options.threads is not None and options.threads < 1:
+        raise ConfigError(f"--threads {options.threads} must be at least 1",
+                          f"use e.g. --threads {torch.get_num_threads()}")
+    if options.backend == "onnxruntime":
+        if device.type != "cpu":
+            raise ConfigError("--backend onnxruntime runs on the CPU only",
+                              "use --backend torch with --device cuda")
+        if options.precision != "fp32":
+            raise ConfigError(f"--backend onnxruntime runs fp32 only, not {options.precision}",
+                              "use --precision fp32, or --backend torch")
+    if options.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 runs on a GPU only",
+                          "use --device cuda, or --precision fp32 (or bf16 where supported)")
+    if options.precision == "bf16" and not bf16_supported(device):
+        where = ("this GPU" if device.type == "cuda"
+                 else f"this CPU ({torch.backends.cpu.get_cpu_capability()}, no AVX-512 BF16 "
+                      "or AMX)")
+        raise ConfigError(f"--precision bf16 is not supported natively by {where}",
+                          "use --precision fp32 (or --backend onnxruntime on CPU)")
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """PyTorch's intra-op threads set to ``threads`` inside the block, restored after."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class TorchRunner:
+    """The model on ``device`` in channels-last, fp32 or under bf16/fp16 autocast."""
+
+    def __init__(self, net: nn.Module, device: torch.device, precision: str = "fp32") -> None:
+        self.net = net.to(device).eval().to(memory_format=torch.channels_last)
+        self.device = device
+        self.dtype = _AUTOCAST.get(precision)
+        self._staging: torch.Tensor | None = None  # pinned host buffer (GPU only)
+
+    @torch.inference_mode()
+    def __call__(self, x: np.ndarray) -> torch.Tensor:
+        batch = self._to_device(torch.from_numpy(x))
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            return self.net(batch.contiguous(memory_format=torch.channels_last))
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """CPU: as is. GPU: through a reused pinned buffer, copied without blocking."""
+        if self.device.type == "cpu":
+            return x
+        if self._staging is None or self._staging.shape[1:] != x.shape[1:] \
+                or self._staging.shape[0] < x.shape[0]:
+            self._staging = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        staged = self._staging[:x.shape[0]]
+        staged.copy_(x)
+        return staged.to(self.device, non_blocking=True)
+
+
+class OrtRunner:
+    """The bundle's cached ONNX graph in an ONNX Runtime CPU session."""
+
+    def __init__(self, graph: Path, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(graph), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> torch.Tensor:
+        (logits,) = self.session.run(None, {self.input: np.ascontiguousarray(x)})
+        return torch.from_numpy(logits)
+
+
+def build_runner(net: nn.Module, meta: BundleMeta, bundle: Path, device: torch.device,
+                 options: RuntimeOptions, window: tuple[int, int]) -> Runner:
+    """The runner for ``options`` (checked with :func:`check_runtime` first)."""
+    check_runtime(options, device)
+    if options.backend == "onnxruntime":
+        from rsseg.inference.onnx_cache import runtime_graph
+
+        return OrtRunner(runtime_graph(bundle, net, meta, *window), options.threads)
+    return TorchRunner(net, device, options.precision)
+
+
+def auto_batch_size(runner: Runner, device: torch.device, shape: tuple[int, int, int],
+                    windows: int, cpu_default: int = 8, memory_share: float = 0.5,
+                    cap: int = 256) -> int:
+    """Windows per model call: ``cpu_default`` on CPU; on a GPU, as many as fit in
+    ``memory_share`` of the free memory (measured on a trial batch of 2), at most ``cap`` and
+    never more than the scene has ``windows``."""
+    if device.type != "cuda":
+        return max(1, min(cpu_default, windows))
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    runner(np.zeros((2, *shape), dtype=np.float32)).float().softmax(dim=1)
+    torch.cuda.synchronize(device)
+    per_window = max(1, (torch.cuda.max_memory_allocated(device) - base) // 2)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(cap, windows, free * memory_share // per_window)))
