@@ -50,6 +50,7 @@ class TrainerConfig(Section):
     batch_size: int = Field(16, ge=1)
     num_workers: int = Field(0, ge=0)
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    channels_last: bool = True  # convolutions in NHWC memory format (oneDNN/cuDNN fast paths)
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
     devices: int = Field(1, ge=1)
     num_nodes: int = Field(1, ge=1)

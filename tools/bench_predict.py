@@ -1,15 +1,26 @@
-"""Benchmark ``rsseg predict`` against the bare model on the same windows, and its peak memory.
+"""Benchmark ``rsseg predict`` per runtime mode against the bare model, eager PyTorch and a naive
+whole-scene stitcher, side by side in one run.
 
-    python tools/bench_predict.py --size 4096 --sizes 4096,8192 --json
+    python tools/bench_predict.py --size 2048 --overlap 64 \\
+        --modes torch:fp32,onnxruntime:fp32,torch:bf16 --json
+    python tools/bench_predict.py --model demo/model.rsseg --scene scene.tif --modes ...
 
-Generates a 3-band uint8 scene (tiled, DEFLATE) and a randomly initialised bundle (resnet18 U-Net
-by default), then in one run measures:
+Without ``--model``/``--scene`` it generates a 3-band uint8 scene (tiled, DEFLATE) of ``--size``²
+and a randomly initialised bundle (resnet18 U-Net by default). All speeds are scene megapixels
+per second over the same windows (tile ``--tile``, overlap ``--overlap``):
 
-- ``bare_mpx_s``: the model alone on in-memory batches with exactly the shapes predict feeds it
-  (window pixels per second);
-- ``predict_mpx_s``: end-to-end ``predict_scene`` (bundle loading, reading, blending, writing the
-  COG), counting each scene pixel once; ``ratio`` = predict / bare;
-- ``rss_mb``: peak RSS of ``rsseg predict`` run as a subprocess, for each size of ``--sizes``.
+- ``eager_mpx_s``: the plain fp32 module (NCHW, no channels-last), model and softmax alone on
+  in-memory batches: what peers run;
+- per mode (``backend:precision``): ``bare_mpx_s`` (the mode's runner + softmax alone on the same
+  in-memory batches), ``predict_mpx_s`` (end-to-end ``predict_scene``: reading, blending, writing
+  the COG; bundle loading excluded), ``ratio`` = predict / bare, ``speedup`` = predict / eager,
+  ``agreement`` (share of valid pixels whose class equals the ``torch:fp32`` prediction),
+  ``max_abs_logit_diff`` (vs fp32 PyTorch on one batch), ``rss_mb`` (peak RSS of ``rsseg
+  predict`` run as a subprocess on the ``--rss-size`` scene, with its wall time ``rss_run_s``);
+- ``peer_mpx_s``/``peer_rss_mb``: a naive stitcher (whole scene read into memory, eager fp32,
+  full-scene probability sums, argmax at the end) on the same model and scene, as a subprocess.
+
+Modes the machine cannot run (e.g. bf16 without native support) are reported with their error.
 """
 
 from __future__ import annotations
@@ -28,10 +39,18 @@ import torch
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from rsseg.errors import RssegError
+from rsseg.inference.device import resolve_device
+from rsseg.inference.runtime import (
+    RuntimeOptions,
+    auto_batch_size,
+    build_runner,
+    torch_threads,
+)
 from rsseg.models.bundle import BundleMeta, load_bundle, save_bundle
 from rsseg.models.factory import ModelSpec, build_model, required_multiple
 from rsseg.pipelines.predict import PredictOptions, predict_scene
-from rsseg.tiling.blend import layout
+from rsseg.tiling.blend import Layout, layout
 
 BANDS = 3
 CLASSES = 6
@@ -68,105 +87,229 @@ def make_bundle(path: Path, arch: str, encoder: str, tile: int, overlap: int) ->
     return save_bundle(path, build_model(spec), meta)
 
 
+def batch_sizes(lay: Layout, batch_size: int) -> list[int]:
+    """The batch sizes predict feeds the model (batches run across window rows)."""
+    full, rest = divmod(lay.count, batch_size)
+    return [batch_size] * full + ([rest] if rest else [])
+
+
 @torch.inference_mode()
-def bare_model_seconds(bundle: Path, size: int, tile: int, overlap: int,
-                       batch_size: int) -> tuple[float, int]:
-    """Seconds for the model alone over the batch shapes predict uses; window pixels done."""
-    model, meta = load_bundle(bundle)
-    lay = layout(size, size, tile, overlap, required_multiple(meta.model))
-    per_row = [min(batch_size, len(lay.cols) - s) for s in range(0, len(lay.cols), batch_size)]
-    batches = per_row * len(lay.rows)
-    inputs = {n: torch.randn(n, BANDS, lay.win_h, lay.win_w) for n in set(batches)}
-    model(inputs[batches[0]])  # warm-up (oneDNN primitive creation)
+def model_seconds(run, shape: tuple[int, int, int], sizes: list[int]) -> float:
+    """Seconds for ``run`` (batch → probabilities on the host) over batches of ``sizes``."""
+    rng = np.random.default_rng(0)
+    inputs = {n: rng.normal(size=(n, *shape)).astype(np.float32) for n in set(sizes)}
+    run(inputs[sizes[0]])  # warm-up (oneDNN primitives, ONNX Runtime arenas, cuDNN plans)
     start = time.perf_counter()
-    for n in batches:
-        model(inputs[n])
-    return time.perf_counter() - start, sum(batches) * lay.win_h * lay.win_w
+    for n in sizes:
+        run(inputs[n])
+    return time.perf_counter() - start
 
 
-# Runs ``rsseg predict`` and, at exit, prints the process's peak RSS (Linux VmHWM). Unlike
-# getrusage, VmHWM belongs to the new process image, so the bench's own (large) memory at fork
-# time does not leak into the figure.
+def probabilities(runner):
+    return lambda x: runner(x).float().softmax(dim=1).cpu().numpy()
+
+
+def eager(net: torch.nn.Module, device: torch.device):
+    """The plain module: fp32, NCHW, blocking copies."""
+    net = net.to(device).eval()
+    return lambda x: net(torch.from_numpy(x).to(device)).softmax(dim=1).cpu().numpy()
+
+
+@torch.inference_mode()
+def max_logit_diff(runner, net: torch.nn.Module, shape: tuple[int, int, int]) -> float:
+    x = np.random.default_rng(1).normal(size=(2, *shape)).astype(np.float32)
+    want = net.cpu().eval()(torch.from_numpy(x))
+    return float((runner(x).float().cpu() - want).abs().max())
+
+
+# Runs a command line (``rsseg predict`` or the peer) and, at exit, prints the process's peak RSS
+# (Linux VmHWM) and wall time. Unlike getrusage, VmHWM belongs to the new process image, so the
+# bench's own memory at fork time does not leak into the figure.
 _CHILD = """
-import atexit, sys
+import atexit, sys, time
+start = time.perf_counter()
 def report():
     hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
     sys.stderr.write("PEAK_RSS_KB " + hwm.split()[1] + "\\n")
+    sys.stderr.write("WALL_S " + str(time.perf_counter() - start) + "\\n")
 atexit.register(report)
-from rsseg.cli import main
-main()
+sys.argv = sys.argv[1:]
+if sys.argv[0] == "predict":
+    from rsseg.cli import main
+    sys.argv.insert(0, "rsseg")
+    main()
+else:
+    import runpy
+    runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def peak_rss_mb(scene: Path, bundle: Path, out: Path, options: PredictOptions) -> float:
-    """Peak RSS in MB of ``rsseg predict`` run in a fresh subprocess."""
-    cmd = [sys.executable, "-c", _CHILD, "predict", str(scene), "--model", str(bundle),
-           "--out", str(out), "--overwrite", "--tile", str(options.tile),
-           "--overlap", str(options.overlap), "--batch-size", str(options.batch_size),
-           "--device", options.device]
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          check=False)
-    peak = [line for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB ")]
-    if proc.returncode or not peak:
-        raise SystemExit(f"rsseg predict failed: {proc.stderr.strip()}")
-    return int(peak[-1].split()[1]) / 1024
+def child_run(args: list[str]) -> tuple[float, float]:
+    """``(peak RSS MB, wall seconds)`` of ``args`` run in a fresh Python process."""
+    proc = subprocess.run([sys.executable, "-c", _CHILD, *args], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, check=False)
+    lines = dict(line.split(" ", 1) for line in proc.stderr.splitlines()
+                 if line.startswith(("PEAK_RSS_KB ", "WALL_S ")))
+    if proc.returncode or "PEAK_RSS_KB" not in lines:
+        raise SystemExit(f"{args[0]} failed: {proc.stderr.strip()[-2000:]}")
+    return int(lines["PEAK_RSS_KB"]) / 1024, float(lines["WALL_S"])
+
+
+def peer_predict(scene: Path, bundle: Path, out: Path, tile: int, overlap: int,
+                 batch_size: int, device: str) -> None:
+    """The naive peer: whole scene in memory, eager fp32, full-scene sums, argmax at the end."""
+    net, meta = load_bundle(bundle)
+    net = net.to(device).eval()
+    with rasterio.open(scene) as src:
+        image = meta.normalise(src.read())
+        profile = src.profile
+    height, width = image.shape[1:]
+    lay = layout(height, width, tile, overlap, required_multiple(meta.model))
+    sums = np.zeros((meta.model.classes, height, width), dtype=np.float32)
+    counts = np.zeros((height, width), dtype=np.float32)
+    windows = [(r, c) for r in lay.rows for c in lay.cols]
+    with torch.inference_mode():
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start:start + batch_size]
+            x = np.stack([image[:, r:r + tile, c:c + tile] for r, c in chunk])
+            probs = net(torch.from_numpy(x).to(device)).softmax(dim=1).cpu().numpy()
+            for (r, c), p in zip(chunk, probs, strict=True):
+                sums[:, r:r + tile, c:c + tile] += p
+                counts[r:r + tile, c:c + tile] += 1
+    classes = np.argmax(sums / counts, axis=0).astype(np.uint8)
+    profile.update(count=1, dtype="uint8", nodata=255)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(classes, 1)
+
+
+def bench_mode(mode: str, bundle: Path, scene: Path, rss_scene: Path, folder: Path,
+               args: argparse.Namespace, reference: np.ndarray | None) -> tuple[dict, np.ndarray]:
+    """One mode's figures and its class raster."""
+    backend, precision = mode.split(":")
+    options = RuntimeOptions(backend=backend, precision=precision, threads=args.threads)
+    device = resolve_device(args.device)
+    net, meta = load_bundle(bundle)
+    with rasterio.open(scene) as src:
+        height, width = src.height, src.width
+    lay = layout(height, width, args.tile, args.overlap, required_multiple(meta.model))
+    shape = (len(meta.bands), lay.win_h, lay.win_w)
+    with torch_threads(args.threads):
+        runner = build_runner(net, meta, bundle, device, options, (lay.win_h, lay.win_w))
+        batch = args.batch_size or auto_batch_size(runner, device, shape, lay.count)
+        bare_s = min(model_seconds(probabilities(runner), shape, batch_sizes(lay, batch))
+                     for _ in range(args.repeat))
+        diff = max_logit_diff(runner, load_bundle(bundle)[0], shape)
+    predict_s = float("inf")
+    out = folder / f"pred_{backend}_{precision}.tif"
+    for _ in range(args.repeat):
+        summary = predict_scene(scene, bundle, out, PredictOptions(
+            tile=args.tile, overlap=args.overlap, batch_size=batch, device=args.device,
+            overwrite=True, runtime=options))
+        predict_s = min(predict_s, summary.seconds)
+    with rasterio.open(out) as pred:
+        classes = pred.read(1)
+    pixels = height * width / 1e6
+    result = {"batch_size": batch, "bare_mpx_s": round(pixels / bare_s, 4),
+              "predict_mpx_s": round(pixels / predict_s, 4),
+              "ratio": round(bare_s / predict_s, 3), "max_abs_logit_diff": float(f"{diff:.3g}")}
+    if reference is not None:
+        valid = reference != 255
+        result["agreement"] = round(float((classes[valid] == reference[valid]).mean()), 5)
+    flags = ["--backend", backend, "--precision", precision, "--batch-size", str(batch)]
+    if args.threads:
+        flags += ["--threads", str(args.threads)]
+    rss, wall = child_run(["predict", str(rss_scene), "--model", str(bundle), "--out",
+                           str(folder / "rss_pred.tif"), "--overwrite", "--tile", str(args.tile),
+                           "--overlap", str(args.overlap), "--device", args.device, *flags])
+    result.update(rss_mb=round(rss, 1), rss_run_s=round(wall, 1))
+    return result, classes
 
 
 def run(args: argparse.Namespace) -> dict:
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [args.size]
-    options = PredictOptions(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                             device="cpu", overwrite=True)
+    modes = [m.strip() for m in args.modes.split(",")]
+    if "torch:fp32" not in modes:
+        modes.insert(0, "torch:fp32")  # the reference of every agreement
+    modes.sort(key=lambda m: m != "torch:fp32")
     with tempfile.TemporaryDirectory(prefix="rsseg-bench-") as tmp:
         folder = Path(tmp)
-        bundle = make_bundle(folder / "model.rsseg", args.arch, args.encoder, args.tile,
-                             args.overlap)
-        scenes = {n: make_scene(folder / f"scene_{n}.tif", n) for n in {args.size, *sizes}}
-        bare_s, predict_s = float("inf"), float("inf")
-        for _ in range(args.repeat):
-            seconds, window_px = bare_model_seconds(bundle, args.size, args.tile, args.overlap,
-                                                    args.batch_size)
-            bare_s = min(bare_s, seconds)
-            start = time.perf_counter()
-            summary = predict_scene(scenes[args.size], bundle, folder / "pred.tif", options)
-            predict_s = min(predict_s, time.perf_counter() - start)
-        rss = {str(n): round(peak_rss_mb(scenes[n], bundle, folder / f"pred_{n}.tif", options), 1)
-               for n in sizes}
-    bare = window_px / 1e6 / bare_s
-    end_to_end = args.size**2 / 1e6 / predict_s
-    result = {
-        "size": args.size, "arch": args.arch, "encoder": args.encoder, "tile": args.tile,
-        "overlap": args.overlap, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-        "windows": summary.windows, "bare_s": round(bare_s, 2), "predict_s": round(predict_s, 2),
-        "bare_mpx_s": round(bare, 4), "predict_mpx_s": round(end_to_end, 4),
-        "ratio": round(end_to_end / bare, 3), "rss_mb": rss,
-    }
-    if len(sizes) > 1:
-        result["rss_growth"] = round(rss[str(sizes[-1])] / rss[str(sizes[0])] - 1, 3)
+        bundle = args.model or make_bundle(folder / "model.rsseg", args.arch, args.encoder,
+                                           args.tile, args.overlap)
+        scene = args.scene or make_scene(folder / "scene.tif", args.size)
+        rss_scene = scene if not args.rss_size else make_scene(folder / "rss_scene.tif",
+                                                               args.rss_size)
+        net, meta = load_bundle(bundle)
+        with rasterio.open(scene) as src:
+            height, width = src.height, src.width
+        lay = layout(height, width, args.tile, args.overlap, required_multiple(meta.model))
+        shape = (len(meta.bands), lay.win_h, lay.win_w)
+        device = resolve_device(args.device)
+        with torch_threads(args.threads):
+            eager_s = min(model_seconds(eager(net, device), shape,
+                                        batch_sizes(lay, args.batch_size or 8))
+                          for _ in range(args.repeat))
+        eager_mpx = height * width / 1e6 / eager_s
+        result = {"scene": str(args.scene or f"synthetic {args.size}x{args.size}x{BANDS}"),
+                  "model": f"{meta.model.arch}/{meta.model.encoder}", "tile": args.tile,
+                  "overlap": args.overlap, "windows": lay.count, "device": str(device),
+                  "threads": args.threads or torch.get_num_threads(),
+                  "cpu": torch.backends.cpu.get_cpu_capability(),
+                  "rss_scene": f"{args.rss_size}x{args.rss_size}" if args.rss_size else "scene",
+                  "eager_mpx_s": round(eager_mpx, 4), "modes": {}}
+        reference = None
+        for mode in modes:
+            try:
+                figures, classes = bench_mode(mode, bundle, scene, rss_scene, folder, args,
+                                              reference)
+            except RssegError as err:
+                result["modes"][mode] = {"error": str(err)}
+                continue
+            figures["speedup"] = round(figures["predict_mpx_s"] / eager_mpx, 3)
+            result["modes"][mode] = figures
+            if mode == "torch:fp32":
+                reference = classes
+        peer_rss, peer_s = child_run([__file__, "--peer-run", str(scene), str(bundle),
+                                      str(folder / "peer.tif"), str(args.tile),
+                                      str(args.overlap), str(args.batch_size or 8),
+                                      args.device])
+        result.update(peer_mpx_s=round(height * width / 1e6 / peer_s, 4),
+                      peer_rss_mb=round(peer_rss, 1))
+        for figures in result["modes"].values():
+            if "predict_mpx_s" in figures:
+                figures["vs_peer"] = round(figures["predict_mpx_s"] / result["peer_mpx_s"], 3)
     return result
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--peer-run":
+        scene, bundle, out, tile, overlap, batch, device = sys.argv[2:9]
+        peer_predict(Path(scene), Path(bundle), Path(out), int(tile), int(overlap), int(batch),
+                     device)
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=4096, help="side of the timed scene")
-    parser.add_argument("--sizes", default=None,
-                        help="comma-separated scene sides for peak RSS, e.g. 4096,8192 "
-                             "[default: --size]")
-    parser.add_argument("--arch", default="unet",
-                        help="model architecture; 'pixel' (1x1 conv) isolates pipeline overhead")
+    parser.add_argument("--size", type=int, default=2048, help="side of the synthetic scene")
+    parser.add_argument("--scene", type=Path, help="a real scene instead (with --model)")
+    parser.add_argument("--model", type=Path, help="a trained bundle instead of random weights")
+    parser.add_argument("--rss-size", type=int, default=None,
+                        help="side of the synthetic scene for the peak-RSS runs [default: the "
+                             "timed scene]")
+    parser.add_argument("--modes", default="torch:fp32,onnxruntime:fp32,torch:bf16",
+                        help="comma-separated backend:precision")
+    parser.add_argument("--arch", default="unet")
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--tile", type=int, default=256)
-    parser.add_argument("--overlap", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="[default: 8 on CPU, automatic on GPU]")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="time bare model and predict N times each, keep the best")
+                        help="time each measurement N times, keep the best")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
+    if bool(args.scene) != bool(args.model):
+        parser.error("--scene and --model go together")
     result = run(args)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>14}: {value}")
+    print(json.dumps(result, indent=None if args.json else 2))
 
 
 if __name__ == "__main__":

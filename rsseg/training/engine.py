@@ -1,7 +1,9 @@
 """The one training engine: a Lightning Trainer configured from :class:`TrainerConfig`.
 
 Pretraining and fine-tuning differ only in their LightningModule; checkpoints, resume, the CSV
-log, the loss plot, mixed precision and DDP over devices/nodes come from here.
+log, the loss plot, mixed precision (``bf16-mixed``: autocast to bfloat16 on CPU and GPU;
+``16-mixed``: float16 with loss scaling, GPU only), channels-last memory format and DDP over
+devices/nodes come from here.
 """
 
 from __future__ import annotations
@@ -65,6 +67,28 @@ class RunLogger(CSVLogger):
         return exp
 
 
+class ChannelsLast(Callback):
+    """Put the module's 4-D weights in channels-last (NHWC) memory format before training:
+    convolutions then take oneDNN's/cuDNN's NHWC kernels (and their outputs stay NHWC)."""
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        module.to(memory_format=torch.channels_last)
+
+
+def check_precision(precision: str, accelerator: str) -> None:
+    """``16-mixed`` needs a GPU (ConfigError); ``bf16-mixed`` on a CPU without native bf16
+    (AVX-512 BF16/AMX) runs emulated, slower than ``32-true``: one warning line."""
+    on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    if precision == "16-mixed" and not on_gpu:
+        raise ConfigError("trainer.precision 16-mixed needs a GPU",
+                          "use bf16-mixed or 32-true on CPU")
+    if precision == "bf16-mixed" and not on_gpu \
+            and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16 "
+                      "(AVX-512 BF16/AMX): bf16-mixed runs emulated, slower than 32-true",
+                      UserWarning, stacklevel=2)
+
+
 def resolve_accelerator(name: str) -> str:
     """Map ``auto|cpu|cuda|gpu`` to Lightning's names; a missing GPU is a clear error."""
     if name in ("cuda", "gpu"):
@@ -85,6 +109,8 @@ def build_trainer(cfg: TrainerConfig, run: Path, title: str,
         ckpts.append(ModelCheckpoint(dirpath=run / "checkpoints", filename="best",
                                      monitor=monitor, mode="max", save_top_k=1,
                                      enable_version_counter=False))
+    accelerator = resolve_accelerator(cfg.accelerator)
+    check_precision(cfg.precision, accelerator)
     distributed = cfg.devices > 1 or cfg.num_nodes > 1
     # Some pretexts leave parts of the model without gradient (SimCLR: decoder and head), so
     # DDP must look for unused parameters unless the user picked a strategy.
@@ -97,14 +123,14 @@ def build_trainer(cfg: TrainerConfig, run: Path, title: str,
     return L.Trainer(
         max_epochs=cfg.epochs,
         limit_train_batches=cfg.steps_per_epoch,
-        accelerator=resolve_accelerator(cfg.accelerator),
+        accelerator=accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=strategy,
         precision=cfg.precision,
         logger=RunLogger(run),
         callbacks=[*ckpts, LossPlot(run, title), RichProgressBar(leave=True),
-                   *(callbacks or [])],
+                   *([ChannelsLast()] if cfg.channels_last else []), *(callbacks or [])],
         log_every_n_steps=cfg.log_every_n_steps,
         enable_model_summary=False,
         num_sanity_val_steps=0,
