@@ -169,11 +169,11 @@ def test_interrupted_run_leaves_no_output(geotiff_factory, models, tmp_path,
     real = SlidingWindowPredictor.probabilities
     calls = []
 
-    def interrupt_second_batch(self, x):
+    def interrupt_second_batch(self, x, weight=None):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, x)
+        return real(self, x, weight)
 
     monkeypatch.setattr(SlidingWindowPredictor, "probabilities", interrupt_second_batch)
     (tmp_path / "out").mkdir()

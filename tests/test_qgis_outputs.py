@@ -228,11 +228,11 @@ def test_outputs_appear_together_or_not_at_all(geotiff_factory, bundle, tmp_path
     real = SlidingWindowPredictor.probabilities
     calls = []
 
-    def interrupt_third_batch(self, x):
+    def interrupt_third_batch(self, x, weight=None):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(self, x)
+        return real(self, x, weight)
 
     monkeypatch.setattr(SlidingWindowPredictor, "probabilities", interrupt_third_batch)
     out = tmp_path / "new" / "deeper"

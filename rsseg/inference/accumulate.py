@@ -23,24 +23,23 @@ class RowBandAccumulator:
         self.weights = np.zeros((lay.win_h, width), dtype=np.float32)
         self._popped = 0
 
-    def add(self, col: int, probs: np.ndarray) -> None:
+    def add(self, col: int, probs: np.ndarray, weighted: bool = False) -> None:
         """Blend one window's ``(K, win_h, win_w)`` probabilities in at column ``col``.
 
-        ``probs`` is scaled by the weight window in place.
+        ``probs`` is scaled by the weight window in place, unless ``weighted`` says the caller
+        already did.
         """
         self._shift()
         cols = slice(col, col + self.layout.win_w)
-        self.sums[:, :, cols] += np.multiply(probs, self.weight, out=probs)
+        self.sums[:, :, cols] += probs if weighted else np.multiply(probs, self.weight, out=probs)
         self.weights[:, cols] += self.weight
 
     def pop_rows(self, n: int) -> np.ndarray:
-        """The first ``n`` rows, normalised by their summed weights: ``(K, n, W)`` float32.
-
-        The result is a view into the buffers, valid until the next :meth:`add`.
-        """
+        """The first ``n`` rows, normalised by their summed weights: a new ``(K, n, W)`` float32
+        array (the division writes it, so handing it to another thread costs no copy)."""
         self._shift()
-        out = self.sums[:, :n, :self.layout.width]
-        out /= self.weights[:n, :self.layout.width]
+        width = self.layout.width
+        out = np.divide(self.sums[:, :n, :width], self.weights[:n, :width])
         self._popped = n
         return out
 

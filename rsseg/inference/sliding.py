@@ -34,7 +34,7 @@ class RowBand:
     """Finished scene rows ``row .. row + h``: blended probabilities and the valid mask."""
 
     row: int
-    probs: np.ndarray  # (K, h, W) float32, sums to 1 over K; a view valid until the next band
+    probs: np.ndarray  # (K, h, W) float32, sums to 1 over K
     valid: np.ndarray  # (h, W) bool, False where every band of the input is nodata
 
 
@@ -70,22 +70,27 @@ class SlidingWindowPredictor:
         return layout(scene.info.height, scene.info.width, self.tile, self.overlap, self.multiple)
 
     @torch.inference_mode()
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """``(B, C, h, w)`` normalised input → ``(B, K, h, w)`` float32 softmax probabilities."""
-        return self.runner(x).float().softmax(dim=1).cpu().numpy()
+    def probabilities(self, x: np.ndarray, weight: torch.Tensor | None = None) -> np.ndarray:
+        """``(B, C, h, w)`` normalised input → ``(B, K, h, w)`` float32 softmax probabilities,
+        times the ``(h, w)`` blending ``weight`` when given (in PyTorch's threads, NCHW)."""
+        probs = self.runner(x).float().contiguous().softmax(dim=1)
+        if weight is not None:
+            probs.mul_(weight.to(probs.device))
+        return probs.cpu().numpy()
 
     def bands(self, scene: Scene) -> Iterator[RowBand]:
         """Blended predictions of ``scene``, top to bottom, one finished band of rows at a time."""
         lay = self.layout(scene)
         acc = RowBandAccumulator(lay, self.classes)
+        weight = torch.from_numpy(acc.weight)
         pending: list[tuple[int, np.ndarray]] = []  # finished rows not yet popped
         for batch in prefetch(self._batches(scene, lay), self.prefetch):
-            probs = self.probabilities(batch.x)
+            probs = self.probabilities(batch.x, weight)
             pending += batch.finished
             for (i, col), window_probs in zip(batch.windows, probs, strict=True):
                 while pending and pending[0][0] < i:  # a later window row starts: pop first
                     yield self._pop(acc, lay, *pending.pop(0))
-                acc.add(col, window_probs)
+                acc.add(col, window_probs, weighted=True)
             while pending:
                 yield self._pop(acc, lay, *pending.pop(0))
 
@@ -112,5 +117,7 @@ class SlidingWindowPredictor:
                 valid[b, lay.height - lay.rows[i]:] = False  # padding below a short scene
                 valid[b, :, lay.width - col:] = False  # padding right of a narrow scene
             x = self.normalise(pixels)
-            x = np.where(valid[:, None] & np.isfinite(x), x, np.float32(0))
+            if np.issubdtype(pixels.dtype, np.floating):
+                x[~np.isfinite(x)] = 0
+            np.copyto(x, np.float32(0), where=~valid[:, None])
             yield _Batch(x, chunk, finished)

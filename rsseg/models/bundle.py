@@ -89,10 +89,13 @@ class BundleMeta(BaseModel):
         return self
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:
-        """``(..., C, H, W)`` pixels of any dtype → float32 ``(x - mean) / std`` per band."""
+        """``(..., C, H, W)`` pixels of any dtype → float32 ``(x - mean) / std`` per band
+        (two passes: the subtraction writes float32 directly, then an in-place multiply)."""
         mean = np.array([b.mean for b in self.bands], dtype=np.float32)[:, None, None]
-        std = np.array([b.std for b in self.bands], dtype=np.float32)[:, None, None]
-        return (pixels.astype(np.float32) - mean) / std
+        scale = 1 / np.array([b.std for b in self.bands], dtype=np.float32)[:, None, None]
+        x = np.subtract(pixels, mean, dtype=np.float32)
+        x *= scale
+        return x
 
     def class_table(self) -> ClassTable:
         """The classes as a :class:`~rsseg.classes.ClassTable` (channel ``k`` ↔ ``ids[k]``)."""

@@ -121,8 +121,8 @@ def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
                     progress(writer.next_row * info.width, info.width * info.height)
 
             with BackgroundWorker(depth=2) as background:
-                for band in predictor.bands(src):  # band.probs is a view: hand over a copy
-                    background.submit(finish, RowBand(band.row, band.probs.copy(), band.valid))
+                for band in predictor.bands(src):
+                    background.submit(finish, band)
         seconds = time.perf_counter() - start
     return PredictSummary(out, info.width, info.height, lay.count, seconds, tuple(pub.outputs),
                           extras.vector_summary, batch_size)
