@@ -215,6 +215,8 @@ def bench_mode(mode: str, bundle: Path, scene: Path, rss_scene: Path, folder: Pa
     if reference is not None:
         valid = reference != 255
         result["agreement"] = round(float((classes[valid] == reference[valid]).mean()), 5)
+    if args.rss_modes and mode not in args.rss_modes.split(","):
+        return result, classes
     flags = ["--backend", backend, "--precision", precision, "--batch-size", str(batch)]
     if args.threads:
         flags += ["--threads", str(args.threads)]
@@ -294,6 +296,8 @@ def main() -> None:
                              "timed scene]")
     parser.add_argument("--modes", default="torch:fp32,onnxruntime:fp32,torch:bf16",
                         help="comma-separated backend:precision")
+    parser.add_argument("--rss-modes", default=None,
+                        help="modes whose peak RSS is measured [default: every mode]")
     parser.add_argument("--arch", default="unet")
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--tile", type=int, default=256)

@@ -151,10 +151,11 @@ def build_runner(net: nn.Module, meta: BundleMeta, bundle: Path, device: torch.d
 
 def auto_batch_size(runner: Runner, device: torch.device, shape: tuple[int, int, int],
                     windows: int, cpu_default: int = 8, memory_share: float = 0.5,
-                    cap: int = 256) -> int:
+                    cap_pixels: int = 2**21) -> int:
     """Windows per model call: ``cpu_default`` on CPU; on a GPU, as many as fit in
-    ``memory_share`` of the free memory (measured on a trial batch of 2), at most ``cap`` and
-    never more than the scene has ``windows``."""
+    ``memory_share`` of the free memory (measured on a trial batch of 2), at most ``cap_pixels``
+    window pixels (32 windows of 256²: the card is busy by then, and larger batches only grow
+    the host-side buffers) and never more than the scene has ``windows``."""
     if device.type != "cuda":
         return max(1, min(cpu_default, windows))
     torch.cuda.synchronize(device)
@@ -164,4 +165,5 @@ def auto_batch_size(runner: Runner, device: torch.device, shape: tuple[int, int,
     torch.cuda.synchronize(device)
     per_window = max(1, (torch.cuda.max_memory_allocated(device) - base) // 2)
     free, _ = torch.cuda.mem_get_info(device)
+    cap = max(1, cap_pixels // (shape[1] * shape[2]))
     return int(max(1, min(cap, windows, free * memory_share // per_window)))
