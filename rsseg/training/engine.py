@@ -85,7 +85,8 @@ def check_precision(precision: str, accelerator: str) -> None:
     if precision == "bf16-mixed" and not on_gpu \
             and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         warnings.warn(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16 "
-                      "(AVX-512 BF16/AMX): bf16-mixed runs emulated, slower than 32-true",
+                      "(AVX-512 BF16/AMX): bf16-mixed runs emulated, several times slower than "
+                      "32-true",
                       UserWarning, stacklevel=2)
 
 
