@@ -303,7 +303,7 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="[default: 8 on CPU, automatic on GPU]")
+                        help="[default: 2 on CPU, automatic on GPU; eager: 8]")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=1,

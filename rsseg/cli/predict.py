@@ -47,7 +47,7 @@ def predict(
     tile: int | None = typer.Option(None, help="Window side in pixels (default: the bundle's)."),
     overlap: int | None = typer.Option(None, help="Window overlap in pixels (default: the "
                                                   "bundle's)."),
-    batch_size: int | None = typer.Option(None, help="Windows per model call [default: 8 on "
+    batch_size: int | None = typer.Option(None, help="Windows per model call [default: 2 on "
                                           "CPU, what fits the card on a GPU]."),
     nodata: float | None = typer.Option(None, help="Nodata value, overriding the scene's."),
     device: Device = typer.Option(Device.auto, help="Where the model runs."),

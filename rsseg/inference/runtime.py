@@ -150,7 +150,7 @@ def build_runner(net: nn.Module, meta: BundleMeta, bundle: Path, device: torch.d
 
 
 def auto_batch_size(runner: Runner, device: torch.device, shape: tuple[int, int, int],
-                    windows: int, cpu_default: int = 8, memory_share: float = 0.5,
+                    windows: int, cpu_default: int = 2, memory_share: float = 0.5,
                     cap_pixels: int = 2**21) -> int:
     """Windows per model call: ``cpu_default`` on CPU; on a GPU, as many as fit in
     ``memory_share`` of the free memory (measured on a trial batch of 2), at most ``cap_pixels``
