@@ -22,6 +22,13 @@ is reported with its error and the rest go on.
     python tools/compare_methods.py --dataset dubai --out docs/methods_dubai --seeds 0,1,2
     python tools/compare_methods.py --dataset nc --out /tmp/smoke --budget tiny \\
         --methods simclr,random,supcon,dcc,random-subset --seeds 0
+
+Budgets (``--budget``): ``cpu`` (about an hour per dataset and seed), ``cpu-small`` (the one of
+docs/methods_comparison.md: ~30 min per dataset for a few rows and 2 seeds on a busy 2-core
+machine), ``tiny`` (smoke test). ``--methods glcnet+claws`` compares a combined pretext
+(``rsseg pretrain --method glcnet --method claws``). OUT.json/OUT.md are rewritten after every
+run; ``--resume --work DIR`` continues an interrupted comparison (finished runs and pretrained
+backbones are kept), also with more seeds or methods.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ from rsseg.pipelines.finetune import finetune
 from rsseg.pipelines.predict import PredictOptions, predict_scene
 from rsseg.pipelines.pretrain import pretrain
 from rsseg.pipelines.tile import TileOptions, tile_scenes
-from rsseg.pretexts.base import pretext_names
+from rsseg.pretexts.base import compose_pretext, pretext_names
 from rsseg.regularizers.dcc import DCCConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +94,32 @@ BUDGETS: dict[str, dict] = {
                    "regularizers.supcon.bank_size=256"],
         "dcc": ["per_class=10", "size=64", "iterations=200", "outer_warmup=50",
                 "batch_real=64", "real_pool=256", "net_width=64"],
+    },
+    # The demo's shallow U-Net (3 encoder stages; GLCNet's global branch on its deepest stage)
+    # for pretraining and fine-tuning alike, 64 px views/crops, 24 pretraining steps of 8 tiles
+    # and 40 fine-tuning steps of 8 crops per run; NC tiled like the demo (64 px, stride 32).
+    # Measured on a 2-core machine shared with other jobs (load 3-7): pretraining 0.5-3 min per
+    # pretext (adversarial ~9), fine-tuning + scoring 1-2 min per run (docs/methods_comparison.md).
+    "cpu-small": {
+        "tile": 128, "patch": 16, "tiling": {"nc": [64, 32], "dubai": [128, 128]},
+        "model": ["model.arch=unet", "model.encoder=resnet18",
+                  'model.kwargs={"encoder_depth": 3, "decoder_channels": [64, 32, 16]}'],
+        "pretrain": ["data.view_size=64", "data.diagnostic_samples=32", "trainer.epochs=3",
+                     "trainer.batch_size=8", "trainer.steps_per_epoch=8",
+                     "trainer.num_workers=0", "optim.min_lr=1.0e-5"],
+        "finetune": ["data.crop_size=64", "trainer.epochs=4", "trainer.steps_per_epoch=10",
+                     "trainer.batch_size=8", "optim.lr=0.001", "optim.schedule=cosine",
+                     "optim.min_lr=1.0e-5", "optim.weight_decay=1.0e-4", "tile=128",
+                     "overlap=32"],
+        "supcon": ["regularizers.supcon.anchors_per_class=32",
+                   "regularizers.supcon.bank_size=128"],
+        # DC's loops for 10 per class (10 matching steps × 50 network steps per iteration)
+        # take hours here. Even 20 iterations of 4 × 4 measured ~1.2 min per iteration on the
+        # busy 2-core machine (~24 min per condense, more than the rest of a seed), so the
+        # committed tables (docs/methods_*.md) leave dcc and random-subset out.
+        "dcc": ["per_class=10", "size=64", "iterations=20", "outer_warmup=5", "inner_loop=4",
+                "net_steps=4", "batch_real=16", "batch_train=64", "real_pool=64",
+                "net_width=32"],
     },
 }
 
@@ -141,6 +174,7 @@ def dubai_dataset(data: Path, work: Path, test_groups: tuple[str, ...],
     test = [t for t in tiles if t.stem.startswith(test_groups)]
     train = [t for t in tiles if not t.stem.startswith(test_groups)]
     folder = work / "dubai_train"
+    shutil.rmtree(folder, ignore_errors=True)  # (a resumed comparison re-links)
     for sub in ("images", "labels"):
         (folder / sub).mkdir(parents=True)
     for t in train:
@@ -161,10 +195,15 @@ def dubai_dataset(data: Path, work: Path, test_groups: tuple[str, ...],
     return Dataset(
         "dubai", [t.image for t in tiles],
         {"tiles": folder, "classes_file": CONFIGS / "classes_dubai.yaml"},
-        [f"data.label_fraction={label_fraction}", "data.group=tile\\d+"], score,
+        # No validation split: at 5% the labelled images are a handful (2 of 45), and holding
+        # one out would halve the labels (or fail when they share a tile group).
+        # Predicted in 256 px windows (the images are 644×797; fewer, larger windows).
+        [f"data.label_fraction={label_fraction}", "data.group=tile\\d+",
+         "data.val_fraction=0", "tile=256"], score,
         pretext_sets={"claws": ["pretext.params.mask=none"]},  # RGB: no NIR for NDVI
         notes=f"train: {label_fraction:.0%} of the labelled tiles of {len(train)} images outside "
-              f"{', '.join(test_groups)}; test: {len(test)} images of {', '.join(test_groups)}")
+              f"{', '.join(test_groups)} (chosen per seed; no validation split, the last "
+              f"weights are kept); test: {len(test)} images of {', '.join(test_groups)}")
 
 
 def _scores(acc: ConfusionAccumulator) -> dict:
@@ -172,8 +211,10 @@ def _scores(acc: ConfusionAccumulator) -> dict:
     reference = s.confusion.sum(axis=1)
     present = [k for k in range(len(s.class_ids)) if reference[k] > 0]
     rare = min(present, key=lambda k: reference[k]) if present else None
+    share = reference / max(float(reference.sum()), 1.0)
     return {"oa": s.oa, "kappa": s.kappa, "miou": s.miou, "pixels": s.pixels,
             "iou": {str(i): _num(v) for i, v in zip(s.class_ids, s.iou, strict=True)},
+            "share": {str(i): float(v) for i, v in zip(s.class_ids, share, strict=True)},
             "rare_class": s.class_ids[rare] if rare is not None else None,
             "rare_iou": _num(s.iou[rare]) if rare is not None else None}
 
@@ -206,34 +247,66 @@ def effective_ranks(run: Path) -> dict:
 
 
 def pretrain_config(name: str, dataset: Dataset, budget: dict) -> PretrainConfig:
-    base = load_config(PretrainConfig, CONFIGS / f"pretrain_{name}_cpu.yaml",
-                       [*budget["pretrain"], *dataset.pretext_sets.get(name, [])])
+    """The budget's config of pretext ``name``; ``a+b`` combines pretexts (``--method a
+    --method b``) from the first one's CPU config, the dataset's sets going to the outer one."""
+    parts = name.split("+")
+    sets = [*budget.get("model", []), *budget["pretrain"]]
+    base = load_config(PretrainConfig, CONFIGS / f"pretrain_{parts[0]}_cpu.yaml", sets)
+    if len(parts) > 1:
+        outer, params = compose_pretext(parts, base.pretext.name, base.pretext.params)
+        flags = {"pretext.name": outer, "pretext.params": params}
+        base = load_config(PretrainConfig, CONFIGS / f"pretrain_{parts[0]}_cpu.yaml",
+                           [*sets, *dataset.pretext_sets.get(outer, [])], flags=flags)
+    elif dataset.pretext_sets.get(name):
+        base = load_config(PretrainConfig, CONFIGS / f"pretrain_{name}_cpu.yaml",
+                           [*sets, *dataset.pretext_sets[name]])
     params = shrink_patches(dict(base.pretext.params), budget["patch"])
     return base.model_copy(update={"pretext": base.pretext.model_copy(
         update={"params": params})})
 
 
-def model_sets() -> list[str]:
-    """The fine-tuning model: the pretraining configs' (DeepLabV3+ ResNet-18), for every row."""
-    model = load_config(PretrainConfig, CONFIGS / "pretrain_glcnet_cpu.yaml").model
+def model_sets(budget: dict) -> list[str]:
+    """The fine-tuning model, for every row: the pretraining one (the budget's ``model`` sets on
+    the pretraining configs' DeepLabV3+ ResNet-18)."""
+    model = load_config(PretrainConfig, CONFIGS / "pretrain_glcnet_cpu.yaml",
+                        budget.get("model", [])).model
     return [f"model.arch={model.arch}", f"model.encoder={model.encoder}",
             f"model.kwargs={json.dumps(model.kwargs)}"]
 
 
 def run_all(dataset: Dataset, methods: list[str], seeds: list[int], budget_name: str,
-            work: Path, log: Callable[[str], None]) -> dict:
+            work: Path, log: Callable[[str], None],
+            checkpoint: Callable[[dict], None] | None = None,
+            previous: dict | None = None) -> dict:
+    """Every pretraining and fine-tuning run; ``checkpoint(results)`` after each (partial
+    tables survive an interrupted comparison). ``previous``: the results of an interrupted
+    comparison with the same dataset, budget and work folder; its finished runs are kept."""
     budget = BUDGETS[budget_name]
     results: dict = {"dataset": dataset.name, "notes": dataset.notes, "budget": budget_name,
                      "budget_sets": budget, "seeds": seeds, "pretraining": {}, "runs": []}
+    if previous is not None:
+        if (previous["dataset"], previous["budget"]) != (dataset.name, budget_name):
+            raise ValueError("--resume needs the same dataset and budget")
+        results["pretraining"] = {k: v for k, v in previous["pretraining"].items()
+                                  if "error" not in v and (work / f"pre_{k}").is_dir()}
+        results["runs"] = [r for r in previous["runs"] if "error" not in r]
+        results["seeds"] = sorted({*previous["seeds"], *seeds})
+        if "tiles" in previous:
+            results["tiles"] = previous["tiles"]
+    # The table: the earlier rows, then the requested ones (only these run).
+    shown = [*dict.fromkeys([*(r["method"] for r in results["runs"]), *methods])]
+    done = {(r["method"], r["seed"]) for r in results["runs"]}
     tiles = work / "unlabelled"
-    if any(name not in BASELINES for name in methods):
+    if any(name not in BASELINES and name not in results["pretraining"] for name in methods):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*no CRS/georeferencing.*")
-            tile_scenes(dataset.unlabelled, tiles, TileOptions(size=budget["tile"],
-                                                               stride=budget["tile"]))
-    inits: dict[str, Path | None] = {}
+            size, stride = budget.get("tiling", {}).get(dataset.name,
+                                                        [budget["tile"], budget["tile"]])
+            tile_scenes(dataset.unlabelled, tiles, TileOptions(size=size, stride=stride))
+        results["tiles"] = len(list((tiles / "tiles").glob("*.tif")))
+    inits: dict[str, Path | None] = {k: work / f"pre_{k}" for k in results["pretraining"]}
     for name in methods:
-        if name in BASELINES:
+        if name in BASELINES or name in inits:
             continue
         log(f"pretrain {name}")
         start = time.perf_counter()
@@ -245,11 +318,13 @@ def run_all(dataset: Dataset, methods: list[str], seeds: list[int], budget_name:
                                             "effective_rank": effective_ranks(run)}
         except (RssegError, RuntimeError, ValueError) as err:
             results["pretraining"][name] = {"error": _error(err)}
-    ft_base = [*budget["finetune"], *model_sets(), *dataset.finetune_sets,
+        if checkpoint:
+            checkpoint(results)
+    ft_base = [*budget["finetune"], *model_sets(budget), *dataset.finetune_sets,
                "trainer.accelerator=cpu"]
     for seed in seeds:
         for name in methods:
-            if name not in BASELINES and name not in inits:
+            if (name not in BASELINES and name not in inits) or (name, seed) in done:
                 continue
             log(f"fine-tune {name}, seed {seed}")
             start = time.perf_counter()
@@ -262,8 +337,12 @@ def run_all(dataset: Dataset, methods: list[str], seeds: list[int], budget_name:
                     record.update(dataset.score(bundle, Path(tmp)))
             except (RssegError, RuntimeError, ValueError) as err:
                 record["error"] = _error(err)
+            record["total_seconds"] = round(time.perf_counter() - start, 1)
             results["runs"].append(record)
-    results["summary"] = summarise(results, methods)
+            if checkpoint:
+                results["summary"] = summarise(results, shown)
+                checkpoint(results)
+    results["summary"] = summarise(results, shown)
     return results
 
 
@@ -296,7 +375,21 @@ def _error(err: Exception) -> str:
     return f"{type(err).__name__}: {line}"[:300]
 
 
+RARE_SHARE = 0.05  # "rare classes": under 5% of the reference pixels of the test data
+
+
+def rare_classes(results: dict) -> list[str]:
+    """Classes present in the test reference below ``RARE_SHARE`` of its pixels."""
+    share = next((r["share"] for r in results["runs"] if r.get("share")), {})
+    return sorted((c for c, v in share.items() if 0 < v < RARE_SHARE), key=int)
+
+
 def summarise(results: dict, methods: list[str]) -> list[dict]:
+    rare = rare_classes(results)
+    for r in results["runs"]:
+        values = [r["iou"][c] for c in rare if r.get("iou", {}).get(c) is not None]
+        if values:
+            r["rare_miou"] = float(np.mean(values))
     rows = []
     for name in methods:
         runs = [r for r in results["runs"] if r["method"] == name and "error" not in r]
@@ -306,9 +399,10 @@ def summarise(results: dict, methods: list[str]) -> list[dict]:
                      "random", "runs": len(runs)}
         if pre.get("error") or errors:
             row["error"] = pre.get("error") or errors[0]
-        for key in ("kappa", "oa", "miou", "rare_iou"):
+        for key in ("kappa", "oa", "miou", "rare_miou", "rare_iou"):
             values = [r[key] for r in runs if r.get(key) is not None]
-            row[key] = ([float(np.mean(values)), float(np.std(values))] if values else None)
+            row[key] = ([float(np.mean(values)), float(np.std(values, ddof=1))
+                         if len(values) > 1 else 0.0] if values else None)
         row["rare_class"] = runs[0]["rare_class"] if runs else None
         finetune_seconds = float(np.mean([r["seconds"] for r in runs])) if runs else 0.0
         row["seconds"] = round(pre.get("seconds", 0.0) + finetune_seconds, 1)
@@ -317,26 +411,44 @@ def summarise(results: dict, methods: list[str]) -> list[dict]:
     return rows
 
 
+def compute_minutes(results: dict) -> float:
+    """Minutes spent on every pretraining and every fine-tuning + scoring run (also across
+    ``--resume``)."""
+    pre = sum(v.get("seconds", 0.0) for v in results["pretraining"].values())
+    return (pre + sum(r.get("total_seconds", 0.0) for r in results["runs"])) / 60
+
+
 def markdown(results: dict) -> str:
     def pm(value: list | None) -> str:
         return "–" if not value else f"{value[0]:.3f} ± {value[1]:.3f}"
 
     lines = [f"# Method comparison: {results['dataset']} ({results['budget']} budget)", "",
              results["notes"], "",
-             f"Seeds: {', '.join(map(str, results['seeds']))}. Mean ± std over seeds. Wall time "
-             "= pretraining (once) + mean fine-tuning, seconds. Effective rank: final epoch of "
-             "pretraining, global / local embeddings.", "",
-             "| method | init | Kappa | OA | mIoU | rarest-class IoU | wall time (s) | "
-             "eff. rank (g / l) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in results["summary"]:
+             f"Seeds: {', '.join(map(str, results['seeds']))} (n: the runs that finished). "
+             "Mean ± sample std over seeds. Wall time = pretraining (once) + mean fine-tuning, "
+             "seconds (scoring not included). Effective rank: final epoch of pretraining, "
+             "global / local embeddings."
+             + (f" Tiles for pretraining: {results['tiles']}." if "tiles" in results else "")
+             + f" Compute: {compute_minutes(results):.0f} min (pretraining + fine-tuning "
+               "and scoring, all runs)."
+             + ("" if "seconds" in results
+                else " (partial results: the comparison is still running or was stopped)"),
+             "",
+             f"Rare classes (each under {RARE_SHARE:.0%} of the test reference): "
+             f"{', '.join(rare_classes(results)) or 'none'}; their mean IoU is shown apart.",
+             "",
+             "| method | init | n | Kappa | OA | mIoU | rare-class mIoU | rarest-class IoU | "
+             "wall time (s) | eff. rank (g / l) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in results.get("summary", []):
         rank = row["effective_rank"]
         ranks = " / ".join(f"{rank[k]:.1f}" for k in ("global", "local") if k in rank) or "–"
         rare = f"{pm(row['rare_iou'])} (class {row['rare_class']})" if row["rare_iou"] else "–"
-        lines.append(f"| {row['method']} | {row['init']} | {pm(row['kappa'])} | "
-                     f"{pm(row['oa'])} | {pm(row['miou'])} | {rare} | {row['seconds']} | "
+        lines.append(f"| {row['method']} | {row['init']} | {row['runs']} | {pm(row['kappa'])} | "
+                     f"{pm(row['oa'])} | {pm(row['miou'])} | {pm(row['rare_miou'])} | {rare} | "
+                     f"{row['seconds']} | "
                      f"{ranks} |")
-    failed = [r for r in results["summary"] if r.get("error")]
+    failed = [r for r in results.get("summary", []) if r.get("error")]
     if failed:
         lines += ["", "Failed:"] + [f"- {r['method']}: {r['error']}" for r in failed]
     return "\n".join(lines) + "\n"
@@ -348,40 +460,62 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
     parser.add_argument("--methods", default="all",
-                        help=f"comma-separated pretexts and/or {', '.join(BASELINES)} "
-                             "(default: every pretext and baseline)")
+                        help=f"comma-separated pretexts (a+b: combined, e.g. glcnet+claws) "
+                             f"and/or {', '.join(BASELINES)} (default: every pretext and "
+                             "baseline)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     parser.add_argument("--label-fraction", type=float, default=0.05, help="dubai only")
     parser.add_argument("--test-groups", default="tile6", help="dubai only: stem prefixes")
     parser.add_argument("--work", type=Path, help="keep intermediate runs here")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted comparison: keep the finished runs of "
+                             "OUT.json and the pretrained backbones in --work")
     args = parser.parse_args()
     methods = ([*pretext_names(), *BASELINES] if args.methods == "all"
                else [m.strip() for m in args.methods.split(",") if m.strip()])
-    unknown = sorted(set(methods) - set(pretext_names()) - set(BASELINES))
+    unknown = sorted({m for m in methods if m not in BASELINES
+                      and not set(m.split("+")) <= set(pretext_names())})
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; valid: "
                      f"{', '.join([*pretext_names(), *BASELINES])}")
     seeds = [int(s) for s in args.seeds.split(",")]
+    previous = None
+    if args.resume:
+        if args.work is None or not args.out.with_suffix(".json").is_file():
+            parser.error("--resume needs --work and an existing OUT.json")
+        previous = json.loads(args.out.with_suffix(".json").read_text())
     work = args.work or Path(tempfile.mkdtemp(prefix="compare_methods_"))
     work.mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings("ignore", message=".*no CRS/georeferencing.*")
+    start = time.perf_counter()
     try:
         dataset = (nc_dataset(args.data, work) if args.dataset == "nc" else
                    dubai_dataset(args.data, work, tuple(args.test_groups.split(",")),
                                  args.label_fraction))
         results = run_all(dataset, methods, seeds, args.budget, work,
-                          lambda msg: print(f"[compare_methods] {msg}", flush=True))
+                          lambda msg: print(f"[compare_methods] {msg}", flush=True),
+                          checkpoint=lambda partial: write(args.out, partial),
+                          previous=previous)
     except Exception:
         traceback.print_exc()
         raise
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(results))
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    write(args.out, results)
     print(markdown(results))
+
+
+def write(out: Path, results: dict) -> None:
+    """``OUT.json`` and ``OUT.md``, each replaced atomically (also for partial results)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(results, indent=2)), (".md", markdown(results))):
+        path = out.with_suffix(suffix)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
 
 
 if __name__ == "__main__":

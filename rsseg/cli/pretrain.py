@@ -1,8 +1,15 @@
-"""``rsseg pretrain TILES --out RUN``: self-supervised pretraining (GLCNet by default)."""
+"""``rsseg pretrain TILES --out RUN``: self-supervised pretraining (GLCNet by default).
+
+``--method`` repeated combines a pretext with wrappers (``rsseg.pretexts.base.compose_pretext``):
+``--method glcnet --method claws`` (hard-attention masks), ``--method glcnet --method
+adversarial`` (PGD view). A ``--config`` file configures the member it names; ``--set
+pretext.params...`` then applies to the combined (nested) config.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -15,7 +22,9 @@ def pretrain(
     tiles: Path = typer.Argument(..., help="Tile folder written by `rsseg tile`.",
                                  show_default=False),
     out: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="Run folder."),
-    method: str = typer.Option(None, help="Pretext method [default: glcnet]."),
+    method: list[str] = typer.Option(
+        [], help="Pretext method [default: glcnet]; repeat to combine a pretext with wrappers, "
+                 "e.g. --method glcnet --method claws (or adversarial)."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: key=value."),
     epochs: int | None = typer.Option(None, help="Epochs [config: trainer.epochs]."),
@@ -29,11 +38,19 @@ def pretrain(
 ) -> None:
     """Pretrain a segmentation model on unlabelled tiles; writes RUN/backbone.safetensors."""
     from rsseg.pipelines.pretrain import pretrain as run_pretrain
+    from rsseg.pretexts.base import compose_pretext, pretext_label
 
+    flags: dict[str, Any] = {"pretext.name": method[0] if method else None}
+    if len(method) > 1:
+        in_file = load_config(PretrainConfig, config).pretext if config else None
+        name, params = compose_pretext(method, in_file.name if in_file else None,
+                                       in_file.params if in_file else None)
+        flags = {"pretext.name": name, "pretext.params": params}
     cfg = load_config(PretrainConfig, config, set_, flags={
-        "pretext.name": method, "trainer.epochs": epochs, "trainer.batch_size": batch_size,
+        **flags, "trainer.epochs": epochs, "trainer.batch_size": batch_size,
         "trainer.accelerator": device, "trainer.devices": devices,
         "trainer.num_nodes": num_nodes, "trainer.precision": precision})
     run = run_pretrain(tiles, out, cfg, resume=resume, overwrite=overwrite)
-    typer.echo(f"Pretrained {cfg.pretext.name} for {cfg.trainer.epochs} epochs: "
+    label = pretext_label(cfg.pretext.name, cfg.pretext.params)
+    typer.echo(f"Pretrained {label} for {cfg.trainer.epochs} epochs: "
                f"{run}/backbone.safetensors (log {run}/metrics.csv, plot {run}/loss.png)")

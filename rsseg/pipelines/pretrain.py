@@ -23,7 +23,7 @@ from rsseg.io.tileset import TileSet, load_tileset
 from rsseg.models.backbone import BackboneMeta, export_backbone
 from rsseg.models.bundle import BandNorm
 from rsseg.models.factory import ModelSpec, build_model, required_multiple
-from rsseg.pretexts.base import DataInfo, Pretext, get_pretext, pretext_class
+from rsseg.pretexts.base import DataInfo, Pretext, get_pretext, pretext_class, pretext_label
 from rsseg.training.data import PretrainTiles
 from rsseg.training.diagnostics import SpectrumMonitor
 from rsseg.training.engine import build_trainer
@@ -118,12 +118,13 @@ def pretrain(tiles_dir: str | Path, out: str | Path, config: PretrainConfig,
     out = Path(out)
     job = build_pretraining(tiles_dir, config)
     ckpt = prepare_run(out, config, resume=resume, overwrite=overwrite)
+    label = pretext_label(config.pretext.name, config.pretext.params)  # e.g. glcnet+claws
     meta = BackboneMeta(arch=job.spec.arch, encoder=job.spec.encoder, kwargs=job.spec.kwargs,
-                        bands=band_norms(job.tileset), pretext=config.pretext.name, epochs=0)
+                        bands=band_norms(job.tileset), pretext=label, epochs=0)
     images = diagnostic_images(job.dataset, config.data.diagnostic_samples,
                                config.data.view_size)
     callbacks = [SpectrumMonitor(images, out), ExportBackbone(out, meta)]
-    trainer = build_trainer(config.trainer, out, f"pretrain {config.pretext.name}",
+    trainer = build_trainer(config.trainer, out, f"pretrain {label}",
                             callbacks=callbacks)
     module = PretrainModule(job.model, job.pretext, config.optim, config.trainer.epochs)
     trainer.fit(module, job.loader(config), ckpt_path=ckpt)

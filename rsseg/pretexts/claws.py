@@ -19,6 +19,14 @@ Shapes: views ``(B, C, S, S)``, masks ``(B, S, S)`` float (1 = attended), global
   centroid, and NT-Xent (τ, standard denominator) only takes negatives from the anchor's
   cluster — the anchor-weighted mean of SimCLR on each cluster's sub-batch.
 
+Around another pretext (``base``, e.g. ``glcnet``; ``rsseg pretrain --method glcnet --method
+claws``): the views are drawn by the base's view pipeline (its ``view_size`` and ``views``), both
+are multiplied by their masks before the base sees them, matched patches (GLCNet's local branch)
+are centred only on pixels attended in view 1 (any matched pixel when none is), and
+``L = L_base(masked views) + weight·L_claws`` with ``L_claws`` the clustered masked contrast
+above (``weight`` 0: the masking alone). The base must use GLCNet's two-view pipeline
+(``glcnet``, ``simclr``, ``directclr``, ``hcsc``).
+
 Deviations: the paper builds whole batches within one class; the engine draws random batches,
 so here each batch is split into its clusters (same hard, same-cluster negatives, smaller
 sub-batches: use a large batch). Tile-level weak labels are not read; clusters are k-means
@@ -31,7 +39,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,10 +49,24 @@ from torch import Tensor, nn
 
 from rsseg.errors import ConfigError
 from rsseg.losses.infonce import grouped_nt_xent
-from rsseg.pretexts.base import DataInfo, Pretext, PretextConfig, mlp_head, register
+from rsseg.pretexts.base import (
+    DataInfo,
+    Pretext,
+    PretextConfig,
+    get_pretext,
+    mlp_head,
+    pretext_class,
+    register,
+)
 from rsseg.pretexts.clustering import EmbeddingBank, kmeans
 from rsseg.pretexts.features import feature_channels, global_features
-from rsseg.pretexts.views import ViewConfig, make_view_pair
+from rsseg.pretexts.views import (
+    MatchedViewSampler,
+    TwoViewSampler,
+    ViewConfig,
+    make_view_pair,
+    sample_patches,
+)
 
 
 class CLAWSConfig(PretextConfig):
@@ -62,6 +84,9 @@ class CLAWSConfig(PretextConfig):
     tau: float = Field(0.5, gt=0, le=10)
     view_size: int = Field(224, ge=16, le=4096)
     views: ViewConfig = Field(default_factory=ViewConfig)
+    base: str | None = None  # a pretext to wrap (e.g. glcnet): masked views go through it
+    base_params: dict[str, Any] = Field(default_factory=dict)
+    weight: float = Field(1.0, ge=0, le=100)  # with a base: weight of the clustered contrast
 
 
 def find_band(names: Collection[str], wanted: str, role: str) -> int:
@@ -90,7 +115,8 @@ def find_band(names: Collection[str], wanted: str, role: str) -> int:
 @dataclass(frozen=True)
 class MaskedViewSampler:
     """Two views and their hard-attention masks: ``view1/view2`` ``(C, S, S)`` float32,
-    ``mask1/mask2`` ``(S, S)`` float32 (1 attended, 0 ignored)."""
+    ``mask1/mask2`` ``(S, S)`` float32 (1 attended, 0 ignored); with ``patch_size`` and
+    ``patch_num`` also GLCNet's ``patches`` ``(P, 4)``, centred on pixels attended in view 1."""
 
     size: int
     views: ViewConfig = field(default_factory=ViewConfig)
@@ -102,6 +128,8 @@ class MaskedViewSampler:
     threshold: float = 0.2
     label_classes: tuple[int, ...] | None = None
     min_fraction: float = 0.01
+    patch_size: int | None = None
+    patch_num: int | None = None
 
     def tile_mask(self, tile: np.ndarray, valid: np.ndarray | None,
                   labels: np.ndarray | None) -> np.ndarray:
@@ -135,6 +163,12 @@ class MaskedViewSampler:
             if m.mean() < self.min_fraction:  # nothing (or too little) to attend: whole view
                 m = seen
             out[key] = m.astype(np.float32)
+        if self.patch_size is not None and self.patch_num is not None:
+            args = (pair.index1, pair.index2, self.patch_size, self.patch_num)
+            patches = sample_patches(*args, rng, allowed=out["mask1"] > 0)
+            if (patches[:, 0] < 0).all():  # no attended box centre: any matched one
+                patches = sample_patches(*args, rng)
+            out["patches"] = patches
         return out
 
 
@@ -155,7 +189,8 @@ def masked_pool(features: Tensor, mask: Tensor) -> Tensor:
 
 @register
 class CLAWS(Pretext):
-    """CLAWS pretext; batch keys ``view1/view2`` ``(B, C, S, S)``, ``mask1/mask2`` ``(B, S, S)``."""
+    """CLAWS pretext; batch keys ``view1/view2`` ``(B, C, S, S)``, ``mask1/mask2`` ``(B, S, S)``
+    (+ ``patches`` ``(B, P, 4)`` around a base with matched patches)."""
 
     name = "claws"
     description = ("contrast of hard-attention-masked views (NDVI, labels or none), negatives "
@@ -169,23 +204,45 @@ class CLAWS(Pretext):
     def __init__(self, config: CLAWSConfig, model: nn.Module) -> None:
         super().__init__(config)
         global_channels, _ = feature_channels(model)
-        self.head = mlp_head(global_channels, 256, 64)
+        self.base = self._build_base(config, model) if config.base is not None else None
+        own = self.base is None or config.weight > 0  # the clustered contrast is computed
+        self.head = mlp_head(global_channels, 256, 64) if own else None
         self.bank = EmbeddingBank(config.bank_size, global_channels)
         self.register_buffer("centroids", torch.zeros(config.clusters, global_channels))
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
         self._bands: dict[str, object] | None = None
 
+    @staticmethod
+    def _build_base(config: CLAWSConfig, model: nn.Module) -> Pretext:
+        """The wrapped pretext; ConfigError unless it uses GLCNet's two-view pipeline."""
+        if config.base == "claws":
+            raise ConfigError("method 'claws' cannot wrap itself", fix="base: glcnet")
+        params = dict(config.base_params)
+        if "view_size" in pretext_class(str(config.base)).config_class.model_fields:
+            params.setdefault("view_size", config.view_size)
+        base = get_pretext(str(config.base), model, **params)
+        if not isinstance(base.sampler(), TwoViewSampler | MatchedViewSampler):
+            raise ConfigError(f"method 'claws' cannot wrap {config.base!r}: it needs a base "
+                              "with GLCNet's two-view pipeline to mask its views",
+                              fix="base: glcnet, simclr, directclr or hcsc")
+        return base
+
     def check_data(self, available: Collection[str]) -> None:  # type: ignore[override]
-        """As ``Pretext.check_data``, plus labels when the mask comes from labels."""
+        """As ``Pretext.check_data``, plus labels when the mask comes from labels (and the
+        base's needs)."""
         needs = set(self.needs) | ({"labels"} if self.config.mask == "labels" else set())
         missing = sorted(needs - set(available))
         if missing:
             raise ConfigError(f"method 'claws' (mask: {self.config.mask}) needs "
                               f"{', '.join(missing)}, which this run does not have",
                               fix="provide them, or use mask: ndvi / none")
+        if self.base is not None:
+            self.base.check_data(available)
 
     def bind_data(self, info: DataInfo) -> None:
         """Find the red and NIR bands (``mask: ndvi``); ConfigError naming the bands there are."""
+        if self.base is not None:
+            self.base.bind_data(info)
         if self.config.mask != "ndvi":
             return
         red = find_band(info.band_names, self.config.red_band, "red")
@@ -202,13 +259,25 @@ class CLAWS(Pretext):
                 raise ConfigError("method 'claws' with mask: ndvi needs the tiles' band names "
                                   "(bind_data was not called)", fix="or use mask: none")
             bands = self._bands
-        return MaskedViewSampler(cfg.view_size, cfg.views, cfg.mask, threshold=cfg.ndvi_threshold,
+        size, views, patches = cfg.view_size, cfg.views, {}
+        if self.base is not None:  # the base's view pipeline (and matched patches, if any)
+            base = self.base.sampler()
+            size, views = base.size, base.views
+            if isinstance(base, MatchedViewSampler):
+                patches = {"patch_size": base.patch_size, "patch_num": base.patch_num}
+        return MaskedViewSampler(size, views, cfg.mask, threshold=cfg.ndvi_threshold,
                                  label_classes=cfg.label_classes, min_fraction=cfg.min_fraction,
-                                 **bands)
+                                 **bands, **patches)
+
+    def embed(self, images: Tensor, model: nn.Module) -> dict[str, Tensor]:
+        return self.base.embed(images, model) if self.base is not None else super().embed(
+            images, model)
 
     @torch.no_grad()
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
         """k-means on the previous epoch's pooled vectors (from ``warmup_epochs`` on)."""
+        if self.base is not None:
+            self.base.on_epoch_start(epoch, model)
         vectors = self.bank.recent()
         self.bank.reset_recent()
         k = self.config.clusters
@@ -229,11 +298,30 @@ class CLAWS(Pretext):
         m1, m2 = batch["mask1"], batch["mask2"]
         x1 = batch["view1"] * m1[:, None].to(batch["view1"].dtype)
         x2 = batch["view2"] * m2[:, None].to(batch["view2"].dtype)
+        logs: dict[str, Tensor] = {"mask_fraction": m1.float().mean().detach()}
+        losses: list[Tensor] = []
+        if self.base is not None:
+            loss_base, base_logs = self.base({**batch, "view1": x1, "view2": x2}, model)
+            logs.update({k: v for k, v in base_logs.items() if k != "loss"})
+            logs["loss_base"] = loss_base.detach()
+            losses.append(loss_base)
+        if self.head is not None:
+            loss_claws, claws_logs = self.clustered_loss(x1, x2, m1, m2, model)
+            logs.update(claws_logs)
+            weight = self.config.weight if self.base is not None else 1.0
+            losses.append(weight * loss_claws)
+        loss = losses[0] if len(losses) == 1 else losses[0] + losses[1]
+        logs["loss"] = loss.detach()
+        return loss, logs
+
+    def clustered_loss(self, x1: Tensor, x2: Tensor, m1: Tensor, m2: Tensor, model: nn.Module
+                       ) -> tuple[Tensor, dict[str, Tensor]]:
+        """NT-Xent of masked-pooled projected vectors, negatives within the anchor's cluster."""
+        assert self.head is not None
         pooled1 = masked_pool(global_features(model, x1), m1)
         pooled2 = masked_pool(global_features(model, x2), m2)
         groups = self.groups(pooled1)
         loss = grouped_nt_xent(self.head(pooled1), self.head(pooled2), groups, self.config.tau)
         self.bank.add(F.normalize(pooled1.detach(), dim=1))
         same = (groups[:, None] == groups[None, :]).float().sum(dim=1) - 1
-        return loss, {"loss": loss.detach(), "mask_fraction": m1.float().mean().detach(),
-                      "negatives_per_anchor": (2 * same).mean()}
+        return loss, {"loss_claws": loss.detach(), "negatives_per_anchor": (2 * same).mean()}

@@ -123,6 +123,7 @@ def sample_patches(
     patch_size: int,
     patch_num: int,
     rng: np.random.Generator,
+    allowed: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pick matched, non-overlapping ``patch_size`` boxes in two views (GLCNet local branch).
 
@@ -138,6 +139,8 @@ def sample_patches(
         patch_size: box side in view pixels, ``≤ S``.
         patch_num: number of boxes wanted.
         rng: the only source of randomness.
+        allowed: optional ``(S, S)`` bool map of view 1; only boxes centred on a True pixel are
+            picked (e.g. CLAWS's hard-attention mask).
 
     Returns:
         ``(patch_num, 4)`` int64 rows ``(y1, x1, y2, x2)``: top-left corners of the box in view 1
@@ -146,7 +149,7 @@ def sample_patches(
     half = patch_size // 2
     y1, x1, y2, x2 = _matched_centres(index1, index2, patch_size)
     out = np.full((patch_num, 4), -1, dtype=np.int64)
-    alive = np.ones(y1.shape[0], dtype=bool)
+    alive = np.ones(y1.shape[0], dtype=bool) if allowed is None else allowed[y1, x1].astype(bool)
     for k in range(patch_num):
         candidates = np.flatnonzero(alive)
         if candidates.size == 0:
