@@ -89,6 +89,14 @@ class FinetuneData(Section):
     group: str | None = None  # regex on tile stems; a group never straddles train and val
     max_centres: int = Field(200_000, ge=100)  # labelled pixels kept as crop centres
     ignore_index: int = Field(255, ge=0, le=255)
+    # Training crops: a centre of class k is drawn ∝ n_k^-balance (0: every labelled pixel
+    # alike, 1: every class alike); jitter: per-band random gain and offset, N(0, jitter) in
+    # normalised units (radiometric augmentation, safe for any band count; 0 = off).
+    balance: float = Field(0.0, ge=0, le=1)
+    jitter: float = Field(0.0, ge=0, le=1)
+    # Probability that one random band of a training crop reads as nodata while the others stay
+    # valid (a band's footprint ending before the others', e.g. Landsat-7 band 7); 0 = off.
+    band_dropout: float = Field(0.0, ge=0, le=1)
 
 
 class SupervisedLoss(Section):
@@ -149,6 +157,12 @@ class FinetuneConfig(Section):
     trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(epochs=150))
     tile: int = Field(256, ge=16)  # default predict window stored in the bundle
     overlap: int = Field(64, ge=0)
+    # With --init: the pretrained encoder learns at encoder_lr_scale × optim.lr, the fresh
+    # decoder and head at optim.lr (discriminative fine-tuning); 1 = one learning rate.
+    encoder_lr_scale: float = Field(1.0, gt=0, le=1)
+    # Exponential moving average of the weights (decay per step, e.g. 0.99): validation scores
+    # and the bundle holds the average instead of the last weights; 0 = off.
+    ema: float = Field(0.0, ge=0, lt=1)
     loss: SupervisedLoss = Field(default_factory=SupervisedLoss)
     # Fine-tuning methods (``rsseg methods``: kind regularizer) by name → their params; YAML may
     # also list names (``regularizers: [supcon]``). ``--set regularizers.supcon.weight=0.2``.

@@ -44,3 +44,66 @@ def test_crops_match_their_labels_and_cover_every_centre(geotiff_factory) -> Non
         assert torch.equal(x[0][keep], y[keep].float() * 10)  # pixels and labels stay aligned
         seen_rows.add(int(crops.window(i, np.random.default_rng(i))[1].row_off))
     assert max(seen_rows) > 20  # centres are drawn from the whole scene, not the first rows
+
+
+def test_balanced_sampling_draws_every_class_alike() -> None:
+    from rsseg.training.data import centre_weights
+
+    labels = np.full((10, 10), 255, dtype=np.uint8)
+    labels[0, :] = 0  # 10 pixels of class 0
+    labels[1, 0] = 1  # 1 pixel of class 1
+    rows, cols = np.nonzero(labels != 255)
+    centres = np.column_stack([np.zeros_like(rows), rows, cols])
+    sources = [("img.tif", labels)]
+    uniform = centre_weights(sources, centres, 255, 0.0)
+    np.testing.assert_allclose(uniform, 1 / 11)
+    balanced = centre_weights(sources, centres, 255, 1.0)
+    classes = labels[rows, cols]
+    np.testing.assert_allclose([balanced[classes == k].sum() for k in (0, 1)], [0.5, 0.5])
+    half = centre_weights(sources, centres, 255, 0.5)
+    assert 1 / 11 < half[classes == 1].sum() < 0.5
+
+
+def test_balanced_crops_and_jitter_keep_labels_and_nodata(geotiff_factory) -> None:
+    ids = np.tile(np.arange(40, dtype=np.uint8), (40, 1)) % 7
+    pixels = np.stack([ids * 10 + 1, ids * 20 + 1]).astype(np.uint16)
+    pixels[:, :, :5] = 0  # a nodata strip
+    image = geotiff_factory("img.tif", pixels, nodata=0)
+    labels = np.full_like(ids, 255)
+    labels[::3, ::3] = ids[::3, ::3]
+    rows, cols = np.nonzero(labels != 255)
+    centres = np.column_stack([np.zeros_like(rows), rows, cols])
+    crops = LabelledCrops([(image, labels)], centres, 16, np.zeros(2), np.ones(2), 0,
+                          length=50, balance=1.0, jitter=0.1)
+    torch.manual_seed(0)
+    changed = False
+    for i in range(len(crops)):
+        x, y = crops[i]
+        nodata = (x == 0).all(0)
+        assert (y[nodata] == 255).all()  # nodata pixels: no label and stay 0 after jitter
+        keep = y != 255
+        changed |= not torch.allclose(x[0][keep], y[keep].float() * 10 + 1)
+    assert changed  # the radiometric jitter changes the pixel values
+
+
+def test_band_dropout_reads_one_band_as_nodata(geotiff_factory) -> None:
+    pixels = np.full((3, 32, 32), 50, dtype=np.uint8)
+    pixels[:, :, :4] = 0  # nodata everywhere in the first columns
+    image = geotiff_factory("img.tif", pixels, nodata=0)
+    labels = np.full((32, 32), 255, dtype=np.uint8)
+    labels[16, 16] = 1
+    centres = np.array([[0, 16, 16]])
+    mean, std = np.full(3, 40.0), np.full(3, 10.0)
+    crops = LabelledCrops([(image, labels)], centres, 16, mean, std, None, length=40,
+                          band_dropout=1.0)
+    torch.manual_seed(0)
+    dropped = set()
+    for i in range(len(crops)):
+        x, _ = crops[i]
+        valid = x.abs().sum(0) > 0
+        per_band = [torch.unique(x[b][valid]).tolist() for b in range(3)]
+        missing = [b for b, v in enumerate(per_band) if v == [-4.0]]  # (0 - 40) / 10
+        assert len(missing) == 1 and all(per_band[b] == [1.0] for b in range(3)
+                                         if b not in missing)
+        dropped.update(missing)
+    assert dropped == {0, 1, 2}

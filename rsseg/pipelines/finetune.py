@@ -7,6 +7,11 @@ scene, or whole tiles/groups of a tile folder) picks the best checkpoint by vali
 GLCNet's fine-tuning protocol. ``--init RUN`` loads a pretrained backbone (encoder + ASPP) and
 starts a fresh decoder and head.
 
+Against memorising few labels (all off by default; see :class:`rsseg.config.FinetuneConfig`):
+class-balanced crop sampling (``data.balance``), radiometric jitter (``data.jitter``), band
+dropout to nodata (``data.band_dropout``), a lower learning rate for a pretrained encoder
+(``encoder_lr_scale``) and an exponential moving average of the weights (``ema``).
+
 Fine-tuning methods of the registry (``rsseg methods``, kind regularizer) come from the config's
 ``regularizers`` or ``--method``: each adds ``w·L`` to the supervised loss (e.g. ``supcon``).
 Several labelled datasets (``--tiles A --tiles B`` or the config's ``domains``) train one
@@ -362,7 +367,9 @@ def finetune(out: str | Path, config: FinetuneConfig, *, scenes: list[Path] | No
         length = (config.trainer.steps_per_epoch * bs if config.trainer.steps_per_epoch
                   else len(centres))
         trains.append(LabelledCrops(sources.train, centres, crop, mean, std, nodata,
-                                    length=length))
+                                    length=length, balance=config.data.balance,
+                                    jitter=config.data.jitter,
+                                    band_dropout=config.data.band_dropout))
         val_centres = _grid_centres(sources.val, crop)
         if len(val_centres):
             val = LabelledCrops(sources.val, val_centres, crop, mean, std, nodata,
@@ -379,7 +386,9 @@ def finetune(out: str | Path, config: FinetuneConfig, *, scenes: list[Path] | No
                                 config.trainer.epochs, regularizers=regularizers,
                                 loss=config.loss,
                                 class_counts=[d.sources.class_counts() for d in domains],
-                                domains=names, val_domains=val_domains)
+                                domains=names, val_domains=val_domains,
+                                encoder_lr_scale=config.encoder_lr_scale if init else 1.0,
+                                ema=config.ema)
     val_arg = (val_loaders[0] if len(val_loaders) == 1 else val_loaders) or None
     with warnings.catch_warnings():  # training reads pixels: georeferencing is irrelevant
         warnings.filterwarnings("ignore", message=".*no CRS/georeferencing.*")
@@ -390,8 +399,9 @@ def finetune(out: str | Path, config: FinetuneConfig, *, scenes: list[Path] | No
         return out / BUNDLE
     best = out / "checkpoints" / ("best.ckpt" if monitor else "last.ckpt")
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
-                           if k.startswith("model.")})
+    prefix = "ema_model.module." if config.ema else "model."  # the weight average with ema
+    model.load_state_dict({k.removeprefix(prefix): v for k, v in state.items()
+                           if k.startswith(prefix)})
     files = [BUNDLE] + [f"model.{n}.rsseg" for n in names[1:]]
     for d, (domain, spec, norm) in enumerate(zip(domains, specs, norms, strict=True)):
         plain = model.export(d, spec) if isinstance(model, MultiDomainModel) else model.eval()

@@ -102,16 +102,31 @@ class LabelledCrops(Dataset):
     ``sources`` pairs a raster path with its label array ``(H, W)`` (uint8 class *indices*,
     ``ignore`` = unlabelled) on that raster's grid; ``centres`` lists ``(source, row, col)``
     of labelled pixels to centre crops on. Nodata pixels become ``ignore``.
+
+    ``balance`` (training items): a centre of class ``k`` is drawn with probability
+    ``∝ n_k^-balance`` (``n_k`` = centres of that class), so 0 draws every labelled pixel
+    alike and 1 every class alike (class-balanced sampling of sparse, imbalanced labels).
+    ``jitter`` (training items): radiometric augmentation, safe for any band count: each
+    band of a crop is scaled by ``1 + a`` and shifted by ``b`` (normalised units), with
+    ``a, b ~ N(0, jitter)`` drawn per band and crop; nodata pixels stay 0.
+    ``band_dropout`` (training items): the probability that one band of a crop, drawn at
+    random, reads as the raster's nodata value (the band mean without one) while the other
+    bands stay valid, as past the edge of a band's footprint (e.g. a Landsat-7 band 7 frame):
+    the model learns to classify pixels with a band missing, as ``predict`` will see them.
     """
 
     def __init__(self, sources: Sequence[tuple[Path, np.ndarray]], centres: np.ndarray,
                  crop: int, mean: np.ndarray, std: np.ndarray, nodata: float | None,
-                 ignore: int = 255, augment: bool = True, length: int | None = None) -> None:
+                 ignore: int = 255, augment: bool = True, length: int | None = None,
+                 balance: float = 0.0, jitter: float = 0.0, band_dropout: float = 0.0
+                 ) -> None:
         self.sources = list(sources)
         self.centres = centres
         self.crop, self.ignore, self.augment = crop, ignore, augment
         self.mean, self.std = mean, std
         self.length = length or len(centres)
+        self.jitter, self.band_dropout = jitter, band_dropout
+        self.probs = centre_weights(self.sources, centres, ignore, balance) if balance else None
         self.scenes = _LazyScenes(nodata)
 
     def __len__(self) -> int:
@@ -119,7 +134,12 @@ class LabelledCrops(Dataset):
 
     def window(self, index: int, rng: np.random.Generator | None) -> tuple[int, Window]:
         """Training (``rng``): a random centre, jittered; evaluation: centre ``index``."""
-        pick = int(rng.integers(len(self.centres))) if rng is not None else index
+        if rng is None:
+            pick = index
+        elif self.probs is None:
+            pick = int(rng.integers(len(self.centres)))
+        else:
+            pick = int(rng.choice(len(self.centres), p=self.probs))
         src, row, col = (int(v) for v in self.centres[pick])
         jitter = rng.integers(-self.crop // 4, self.crop // 4 + 1, 2) if rng else (0, 0)
         top = row - self.crop // 2 + int(jitter[0])
@@ -134,9 +154,31 @@ class LabelledCrops(Dataset):
         y = crop_labels(labels, window, self.ignore)
         y[~valid] = self.ignore
         x = normalize(pixels, self.mean, self.std, valid)
+        if rng is not None and self.band_dropout and rng.random() < self.band_dropout:
+            band = int(rng.integers(len(x)))
+            nodata = self.scenes.get(path).info.nodata
+            x[band, valid] = 0.0 if nodata is None else \
+                (nodata - self.mean[band]) / self.std[band]
         if rng is not None:
+            if self.jitter:
+                bands = (len(x), 1, 1)
+                x = x * (1 + rng.normal(0, self.jitter, bands)).astype(np.float32) \
+                    + rng.normal(0, self.jitter, bands).astype(np.float32)
+                x[:, ~valid] = 0.0
             x, y = dihedral(x, y, rng)
         return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+
+def centre_weights(sources: Sequence[tuple[Path, np.ndarray]], centres: np.ndarray,
+                   ignore: int, balance: float) -> np.ndarray:
+    """Sampling probability of each centre: ``∝ n_k^-balance`` for a centre of class ``k``."""
+    classes = np.array([sources[int(s)][1][int(r), int(c)] for s, r, c in centres],
+                       dtype=np.int64).reshape(-1)
+    if not len(classes):
+        return np.zeros(0)
+    counts = np.bincount(classes, minlength=ignore + 1).astype(np.float64)
+    weights = counts[classes] ** -balance
+    return weights / weights.sum()
 
 
 def crop_labels(labels: np.ndarray, window: Window, fill: int) -> np.ndarray:

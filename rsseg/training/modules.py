@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from rsseg.config import OptimConfig, SupervisedLoss
 from rsseg.regularizers.base import Regularizer, SegPart, SegStep, Stage, capture
@@ -119,6 +120,12 @@ class SegmentationModule(L.LightningModule):
             domain (class-balanced CE).
         domains: domain names (logs ``val_oa_<name>`` per domain when several);
             val_domains: the domain of each validation loader, in order.
+        encoder_lr_scale: the encoder (smp ``encoder``) learns at this fraction of
+            ``optim.lr``, the rest at ``optim.lr`` (discriminative fine-tuning of a
+            pretrained encoder); 1: one learning rate for every parameter.
+        ema: with a decay in (0, 1), an exponential moving average of the weights (and of
+            the batch-norm statistics) is kept after every step in ``ema_model``; validation
+            scores it, and it is the model to export. 0: no average.
     """
 
     def __init__(self, model: nn.Module, num_classes: int | Sequence[int], ignore_index: int,
@@ -127,9 +134,14 @@ class SegmentationModule(L.LightningModule):
                  loss: SupervisedLoss | None = None,
                  class_counts: Sequence[Sequence[int]] | None = None,
                  domains: Sequence[str] = ("",),
-                 val_domains: Sequence[int] | None = None) -> None:
+                 val_domains: Sequence[int] | None = None,
+                 encoder_lr_scale: float = 1.0, ema: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        self.encoder_lr_scale = encoder_lr_scale
+        self.ema_model = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema),
+                                        use_buffers=True).requires_grad_(False)
+                          if ema else None)
         classes = [num_classes] if isinstance(num_classes, int) else list(num_classes)
         self.num_classes, self.ignore_index = classes[0], ignore_index
         self.classes = classes
@@ -187,11 +199,20 @@ class SegmentationModule(L.LightningModule):
                          sync_dist=True)
         return loss
 
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        if self.ema_model is not None:
+            self.ema_model.update_parameters(self.model)
+
+    def trained_model(self) -> nn.Module:
+        """The model to score and export: the weight average with ``ema``, else the model."""
+        return self.model if self.ema_model is None else self.ema_model.module
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
                         dataloader_idx: int = 0) -> None:
         x, y = batch
         domain = self.val_domains[dataloader_idx]
-        pred = self(x, domain).argmax(1)
+        model = self.trained_model()
+        pred = (model(x, domain) if self.multi else model(x)).argmax(1)
         confusion = getattr(self, f"confusion{domain}")
         confusion += confusion_matrix(pred, y, self.classes[domain], self.ignore_index)
 
@@ -213,7 +234,14 @@ class SegmentationModule(L.LightningModule):
             self.log_dict({f"val_oa_{self.domain_names[d]}": s[0] for d, s in scores.items()})
 
     def configure_optimizers(self) -> dict:
-        return optimizer_and_schedule(self.parameters(), self.optim, self.epochs)
+        params = [p for name, p in self.named_parameters() if not name.startswith("ema_model.")]
+        encoder = set(map(id, _encoder_parameters(self.model)))
+        if self.encoder_lr_scale == 1 or not encoder:
+            return optimizer_and_schedule(params, self.optim, self.epochs)
+        groups = [{"params": [p for p in params if id(p) in encoder],
+                   "lr": self.optim.lr * self.encoder_lr_scale},
+                  {"params": [p for p in params if id(p) not in encoder]}]
+        return optimizer_and_schedule(groups, self.optim, self.epochs)
 
     def _freeze_body(self, freeze: bool) -> None:
         """``freeze``: only the segmentation head(s) learn, the rest is frozen with its
@@ -235,6 +263,13 @@ def _domain_batches(batch: Sequence) -> list[tuple[int, tuple[Tensor, Tensor]]]:
     if isinstance(batch[0], Tensor):
         return [(0, (batch[0], batch[1]))]
     return [(d, (x, y)) for d, (x, y) in enumerate(batch)]
+
+
+def _encoder_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the smp ``encoder`` (of every domain's model when several)."""
+    found = [m.encoder for m in model.modules() if isinstance(getattr(m, "encoder", None),
+                                                                nn.Module)]
+    return [p for enc in found for p in enc.parameters()]
 
 
 def _head_modules(model: nn.Module) -> list[nn.Module]:
