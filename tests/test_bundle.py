@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import safetensors
+import safetensors.torch
 import torch
 
 from rsseg.errors import ConfigError, InputError, OutputError
@@ -169,3 +170,25 @@ def test_info_cli_prints_table_and_json(run_cli, unet_bundle: Path) -> None:
     assert json.loads(as_json.stdout)["classes"][1]["name"] == "class 1"
     bad = run_cli("info", _corrupt(unet_bundle.parent / "t.rsseg", "text", unet_bundle))
     assert bad.exit_code == 1 and bad.stderr.count("\n") == 1 and "Error:" in bad.stderr
+
+
+def test_unused_encoder_stages_are_dropped_and_old_bundles_still_load(unet_bundle: Path,
+                                                                      tmp_path: Path) -> None:
+    """encoder_depth 3 never runs resnet's layer3/layer4: they are not built nor saved; a bundle
+    written with them (rsseg ≤ 0.1 before this change) loads and predicts the same."""
+    net, _ = load_bundle(unet_bundle)
+    keys = net.state_dict().keys()
+    assert not any(k.startswith(("encoder.layer3.", "encoder.layer4.")) for k in keys)
+    assert any(k.startswith("encoder.layer2.") for k in keys)
+    full = build_model(ModelSpec(arch="unet", encoder="resnet18", in_channels=3, classes=3))
+    stale = {k: v for k, v in full.state_dict().items()
+             if k.startswith(("encoder.layer3.", "encoder.layer4."))}
+    with safetensors.safe_open(unet_bundle, "pt") as f:
+        header = f.metadata()
+    tensors = safetensors.torch.load_file(unet_bundle)
+    old = tmp_path / "old.rsseg"
+    safetensors.torch.save_file({**tensors, **stale}, old, metadata=header)
+    old_net, _ = load_bundle(old)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(old_net(x), net(x))

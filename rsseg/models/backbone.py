@@ -18,7 +18,7 @@ from torch import nn
 from rsseg.errors import InputError
 from rsseg.io.atomic import atomic_path
 from rsseg.models.bundle import BandNorm
-from rsseg.models.factory import ModelSpec
+from rsseg.models.factory import ModelSpec, is_unused_stage_key
 from rsseg.pretexts.features import global_module
 
 FILENAME = "backbone.safetensors"
@@ -94,6 +94,7 @@ def load_backbone(model: nn.Module, spec: ModelSpec, run: str | Path) -> Backbon
                          f"{spec.arch}/{spec.encoder}",
                          f"set model.arch={meta.arch} model.encoder={meta.encoder}")
     state = model.state_dict()
+    tensors = {k: v for k, v in tensors.items() if not is_unused_stage_key(k, model)}
     bad = [k for k, v in tensors.items() if k not in state or state[k].shape != v.shape]
     if bad:
         raise InputError(f"--init {run}: backbone weights do not fit this model ({bad[0]})",

@@ -21,7 +21,7 @@ from rsseg import __version__
 from rsseg.classes import IGNORE, ClassTable
 from rsseg.errors import ConfigError, InputError
 from rsseg.io.atomic import atomic_path
-from rsseg.models.factory import ModelSpec, build_model
+from rsseg.models.factory import ModelSpec, build_model, is_unused_stage_key
 
 FORMAT_VERSION = 1
 METADATA_KEY = "rsseg_bundle"
@@ -164,7 +164,9 @@ def load_bundle(path: str | Path) -> tuple[nn.Module, BundleMeta]:
     except ConfigError as err:
         raise InputError(f"{path}: {err.message}", "upgrade rsseg or re-export the model") from None
     try:
-        safetensors.torch.load_model(model, str(path), strict=True)
+        tensors = safetensors.torch.load_file(str(path))
+        model.load_state_dict({k: v for k, v in tensors.items()
+                               if not is_unused_stage_key(k, model)}, strict=True)
     except (RuntimeError, safetensors.SafetensorError) as err:
         reason = str(err).strip().splitlines()[0][:200]
         raise InputError(f"{path}: weights do not match the bundle's architecture ({reason})",

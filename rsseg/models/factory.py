@@ -14,6 +14,7 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
 from torch import nn
 
 from rsseg.errors import ConfigError
@@ -65,8 +66,30 @@ def _build_smp(spec: ModelSpec) -> nn.Module:
     _check_encoder(spec.encoder)
     cls = _SMP_ARCHS[spec.arch]
     _check_kwargs(spec, cls)
-    return cls(encoder_name=spec.encoder, encoder_weights=None, in_channels=spec.in_channels,
-               classes=spec.classes, **spec.kwargs)
+    model = cls(encoder_name=spec.encoder, encoder_weights=None, in_channels=spec.in_channels,
+                classes=spec.classes, **spec.kwargs)
+    _drop_unused_stages(model.encoder)
+    return model
+
+
+def _drop_unused_stages(encoder: nn.Module) -> None:
+    """smp's ResNet encoders keep ``layer3``/``layer4`` when ``encoder_depth`` < 5, though their
+    forward never runs them: drop them (the demo's depth-3 resnet18 U-Net: 11.4 M → 0.9 M
+    parameters, a 45 MB → 4 MB bundle). Bundles and backbones saved with them still load
+    (:func:`is_unused_stage_key`)."""
+    if not isinstance(encoder, ResNetEncoder):
+        return
+    for stage in range(max(encoder._depth, 1), 5):  # layer k runs when depth >= k + 1
+        if hasattr(encoder, f"layer{stage}"):
+            delattr(encoder, f"layer{stage}")
+
+
+def is_unused_stage_key(key: str, model: nn.Module) -> bool:
+    """Whether ``key`` (from a file) belongs to an encoder stage ``model`` dropped as unused."""
+    parts = key.split(".")
+    return (len(parts) > 2 and parts[0] == "encoder" and parts[1].startswith("layer")
+            and isinstance(getattr(model, "encoder", None), ResNetEncoder)
+            and not hasattr(model.encoder, parts[1]))
 
 
 def _build_pixel(spec: ModelSpec) -> nn.Module:
