@@ -63,7 +63,7 @@ def test_impossible_choices_are_clear_errors(options, device, message) -> None:
 
 
 def test_bf16_refused_without_native_support(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(runtime, "bf16_supported", lambda device: False)  # as imported there
     with pytest.raises(ConfigError, match="bf16 is not supported natively by this CPU"):
         check_runtime(RuntimeOptions(precision="bf16"), CPU)
 
@@ -194,3 +194,14 @@ def test_background_worker_runs_in_order_and_reraises() -> None:
     with pytest.raises(OSError, match="disk full at 0"), BackgroundWorker(depth=1) as worker:
         for i in range(4):
             worker.submit(fail, i)
+
+
+def test_training_precision_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rsseg.training import engine
+
+    with pytest.raises(ConfigError, match="16-mixed needs a GPU"):
+        engine.check_precision("16-mixed", "cpu")
+    monkeypatch.setattr(engine, "bf16_supported", lambda device: False)
+    with pytest.warns(UserWarning, match="bf16-mixed runs emulated"):
+        engine.check_precision("bf16-mixed", "cpu")
+    engine.check_precision("32-true", "cpu")  # nothing to say

@@ -1,4 +1,4 @@
-"""``--device auto|cpu|cuda`` → a :class:`torch.device`."""
+"""``--device auto|cpu|cuda`` → a :class:`torch.device`, and what that device supports."""
 
 from __future__ import annotations
 
@@ -19,3 +19,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Native bf16 matrix units: AVX-512 BF16/AMX on CPU (as oneDNN sees them), or the GPU's."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from rsseg.errors import ConfigError
+from rsseg.inference.device import bf16_supported
 from rsseg.models.bundle import BundleMeta
 
 BACKENDS = ("torch", "onnxruntime")
@@ -41,13 +42,6 @@ class RuntimeOptions:
     backend: str = "torch"
     precision: str = "fp32"
     threads: int | None = None
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Native bf16 matrix units: AVX-512 BF16/AMX on CPU (as oneDNN sees them), or the GPU's."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def check_runtime(options: RuntimeOptions, device: torch.device) -> None:

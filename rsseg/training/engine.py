@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from rsseg.config import OptimConfig, TrainerConfig
 from rsseg.errors import ConfigError
+from rsseg.inference.device import bf16_supported
 from rsseg.training.plots import plot_losses
 
 
@@ -82,8 +83,7 @@ def check_precision(precision: str, accelerator: str) -> None:
     if precision == "16-mixed" and not on_gpu:
         raise ConfigError("trainer.precision 16-mixed needs a GPU",
                           "use bf16-mixed or 32-true on CPU")
-    if precision == "bf16-mixed" and not on_gpu \
-            and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if precision == "bf16-mixed" and not on_gpu and not bf16_supported(torch.device("cpu")):
         warnings.warn(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16 "
                       "(AVX-512 BF16/AMX): bf16-mixed runs emulated, several times slower than "
                       "32-true",
