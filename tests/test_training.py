@@ -203,6 +203,13 @@ def test_pretrain_bad_input_is_one_line(tiles: Path, tmp_path: Path, run_cli) ->
     assert "valid methods: " in named.stderr and "glcnet" in named.stderr
 
 
+def test_help_shows_bracketed_defaults(run_cli) -> None:
+    """Help texts are plain text: "[default: glcnet]" is shown, not parsed as markup."""
+    result = run_cli("pretrain", "--help")
+    assert result.exit_code == 0
+    assert "[default: glcnet]" in result.stdout and "[config: trainer.epochs]" in result.stdout
+
+
 def test_resume_with_another_config_names_the_difference(pretrained: Path, tiles: Path,
                                                          run_cli) -> None:
     result = run_cli("pretrain", tiles, "--out", pretrained, "--resume",
