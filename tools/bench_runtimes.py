@@ -1,0 +1,169 @@
+"""Bare-model throughput of the CPU runtimes rsseg uses and of those it does not, side by side.
+
+Why predict runs what it runs (docs/performance.md): for one randomly initialised model and the
+same input, the model alone (no reading, blending or writing) as
+
+- ``eager``: the plain module, NCHW (the baseline of issue 6);
+- ``channels_last``: what ``--backend torch`` runs;
+- ``onnxruntime``: what ``--backend onnxruntime`` runs (the graph exported as rsseg exports it);
+- ``jit_frozen``: ``torch.jit.trace`` + ``torch.jit.freeze`` of the channels-last model
+  (Conv-BN folding, pre-packed oneDNN weights) — not used: deprecated in PyTorch 2.x;
+- ``compiled``: ``torch.compile`` (inductor, weight freezing) of the channels-last model — not
+  used: a 10–25 s compile per process and shape, and a C++ compiler at run time.
+
+Rounds alternate between the candidates so that drift on a shared machine hits all of them alike;
+each figure is the best round. Also reports the share of ONNX Runtime's time per operator type.
+Mpx/s here are *window* pixels (bench_predict reports scene pixels). Example::
+
+    python tools/bench_runtimes.py --batch-sizes 2,8 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_predict import BANDS, make_bundle
+
+from rsseg.inference.onnx_cache import runtime_graph
+from rsseg.inference.runtime import OrtRunner, TorchRunner, torch_threads
+from rsseg.models.bundle import load_bundle
+from rsseg.models.onnx_export import require_onnx
+
+CANDIDATES = ("eager", "channels_last", "onnxruntime", "jit_frozen", "compiled")
+
+
+def candidates(bundle: Path, x: np.ndarray, names: list[str], threads: int
+               ) -> dict[str, Callable[[], object]]:
+    """Zero-argument calls running the model of ``bundle`` on ``x`` ``(B, C, H, W)``."""
+    nchw = torch.from_numpy(x)
+    cl_input = nchw.contiguous(memory_format=torch.channels_last)
+    calls: dict[str, Callable[[], object]] = {}
+    for name in names:
+        net, meta = load_bundle(bundle)  # a fresh copy per candidate: conversions stay apart
+        net.eval()
+        if name == "eager":
+            calls[name] = lambda net=net: net(nchw)
+        elif name == "channels_last":
+            runner = TorchRunner(net, torch.device("cpu"))
+            calls[name] = lambda runner=runner: runner(x)
+        elif name == "onnxruntime":
+            runner = OrtRunner(runtime_graph(bundle, net, meta, *x.shape[2:]), threads)
+            calls[name] = lambda runner=runner: runner(x)
+        elif name == "jit_frozen":
+            cl_net = net.to(memory_format=torch.channels_last)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # deprecation notices
+                frozen = torch.jit.freeze(torch.jit.trace(cl_net, cl_input))
+            calls[name] = lambda frozen=frozen: frozen(cl_input)
+        elif name == "compiled":
+            import torch._inductor.config as inductor
+
+            inductor.freezing = True
+            compiled = torch.compile(net.to(memory_format=torch.channels_last), dynamic=False)
+            calls[name] = lambda compiled=compiled: compiled(cl_input)
+        else:
+            raise SystemExit(f"unknown candidate {name!r}; use some of {', '.join(CANDIDATES)}")
+    return calls
+
+
+def profiled_session(graph: Path, threads: int, prefix: Path):
+    """An ONNX Runtime session like :class:`OrtRunner`'s, with profiling on."""
+    _, ort = require_onnx("bench_runtimes")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(prefix)
+    return ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+
+
+def op_shares(session, x: np.ndarray, runs: int = 4) -> dict[str, float]:
+    """Share of ONNX Runtime's kernel time per operator type over ``runs`` calls."""
+    for _ in range(runs):
+        session.run(None, {"input": x})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    spent: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            spent[event["args"]["op_name"]] += event["dur"]
+    total = sum(spent.values()) or 1
+    return {op: round(us / total, 4) for op, us in spent.most_common()}
+
+
+@torch.inference_mode()
+def run(args: argparse.Namespace) -> dict:
+    names = [n.strip() for n in args.candidates.split(",")]
+    result = {"model": f"{args.arch}/{args.encoder}", "tile": args.tile,
+              "threads": args.threads, "cpu": torch.backends.cpu.get_cpu_capability(),
+              "unit": "window Mpx/s, best round", "batches": {}}
+    with torch_threads(args.threads), tempfile.TemporaryDirectory() as tmp:
+        bundle = make_bundle(Path(tmp) / "model.rsseg", args.arch, args.encoder, args.tile, 0)
+        for batch in args.batch_sizes:
+            x = np.random.default_rng(0).normal(
+                size=(batch, BANDS, args.tile, args.tile)).astype(np.float32)
+            calls = candidates(bundle, x, names, args.threads)
+            setup = {}
+            for name, call in calls.items():  # first calls: compile, prepack, arenas
+                start = time.perf_counter()
+                call()
+                setup[name] = round(time.perf_counter() - start, 2)
+                call()
+            calls_per_round = max(1, args.pixels // (batch * args.tile ** 2))
+            best = dict.fromkeys(calls, 0.0)
+            for _ in range(args.rounds):
+                for name, call in calls.items():
+                    start = time.perf_counter()
+                    for _ in range(calls_per_round):
+                        call()
+                    mpx = calls_per_round * x[:, 0].size / 1e6 / (time.perf_counter() - start)
+                    best[name] = max(best[name], mpx)
+            eager = best.get("eager")
+            figures = result["batches"][str(batch)] = {
+                name: {"mpx_s": round(mpx, 4), "first_call_s": setup[name],
+                       **({"vs_eager": round(mpx / eager, 3)} if eager else {})}
+                for name, mpx in best.items()}
+            if "onnxruntime" in figures:
+                net, meta = load_bundle(bundle)
+                graph = runtime_graph(bundle, net, meta, args.tile, args.tile)
+                session = profiled_session(graph, args.threads, Path(tmp) / f"ort{batch}")
+                figures["onnxruntime"]["op_share"] = op_shares(session, x)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="unet")
+    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--batch-sizes", type=lambda s: [int(b) for b in s.split(",")],
+                        default=[2, 8])
+    parser.add_argument("--candidates", default=",".join(CANDIDATES),
+                        help=f"comma-separated, of {', '.join(CANDIDATES)}")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pixels", type=int, default=16 * 256 * 256,
+                        help="window pixels per candidate and round")
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    args = parser.parse_args()
+    result = run(args)
+    if args.json:
+        print(json.dumps(result))
+        return
+    for batch, figures in result["batches"].items():
+        for name, fig in figures.items():
+            print(f"batch {batch:>3} {name:14s} {fig['mpx_s']:7.3f} Mpx/s  "
+                  f"{fig.get('vs_eager', float('nan')):5.2f}x eager  "
+                  f"first call {fig['first_call_s']} s")
+
+
+if __name__ == "__main__":
+    main()
