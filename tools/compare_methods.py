@@ -8,7 +8,8 @@ group, a fraction of the training tiles labelled):
    the same budget (its ``configs/pretrain_<name>_cpu.yaml`` with the budget's sizes);
 2. each pretrained backbone, and random init, fine-tunes with the same sparse labels, model and
    budget for every seed;
-3. fine-tuning methods run from random init: ``supcon`` (CE + w·L_supcon); ``dcc`` fine-tunes
+3. fine-tuning methods run from random init: ``supcon`` (CE + w·L_supcon), ``supcon-2stage``
+   (SupCon first, then an imbalance-aware classifier stage: class-balanced CE); ``dcc`` fine-tunes
    on a DCC condensed set, ``random-subset`` on as many real crops chosen at random;
 4. every model predicts the held-out data, scored in one confusion matrix (OA, Kappa, mIoU,
    per-class IoU; the rarest reference class's IoU shown apart).
@@ -66,7 +67,7 @@ from rsseg.regularizers.dcc import DCCConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-BASELINES = ("random", "supcon", "dcc", "random-subset")
+BASELINES = ("random", "supcon", "supcon-2stage", "dcc", "random-subset")
 
 # Budgets: the same for every method. "cpu" is sized for a 2-core machine (about an hour per
 # dataset and seed); "tiny" only checks that the tool runs end to end.
@@ -351,8 +352,8 @@ def _finetune_one(name: str, seed: int, init: Path | None, dataset: Dataset, bud
     out = work / f"ft_{name}_{seed}"
     sets = [*ft_base, f"trainer.seed={seed}"]
     args = dict(dataset.finetune_args)
-    if name == "supcon":
-        sets += budget["supcon"]
+    if name in ("supcon", "supcon-2stage"):
+        sets += [*budget["supcon"], f"regularizers.supcon.two_stage={name == 'supcon-2stage'}"]
         return finetune(out, load_config(FinetuneConfig, None, sets), methods=["supcon"],
                         overwrite=True, **args)
     if name in ("dcc", "random-subset"):
