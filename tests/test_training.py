@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from lightning.pytorch.callbacks import Callback
 from shapely.geometry import Point
 
 from rsseg.config import FinetuneConfig, PretrainConfig, load_config
@@ -105,6 +107,45 @@ def test_pretrain_writes_run_folder_and_resumes(tiles: Path, tmp_path: Path) -> 
     assert {(r["epoch"], r["kind"]) for r in rows} == {
         ("0", "global"), ("0", "local"), ("1", "global"), ("1", "local")}
     assert all(1.0 <= float(r["effective_rank"]) <= int(r["dims"]) for r in rows)
+
+
+class SigtermAt(Callback):
+    """Sends this process SIGTERM at the first batch of ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == 0:
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+            signal.raise_signal(signal.SIGTERM)
+
+
+def test_sigterm_stops_with_a_resumable_checkpoint(tiles: Path, tmp_path: Path, run_cli,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``kill`` in epoch 2 of 3: exit 143 with one line, the checkpoint of epoch 1 is on disk
+    (Lightning writes ``save_last`` only at the end unless a checkpoint is saved each epoch),
+    and ``--resume`` finishes the run from there."""
+    import rsseg.pipelines.pretrain as pipeline
+
+    def with_sigterm(*args, callbacks, **kwargs):
+        return build_trainer(*args, callbacks=[*callbacks, SigtermAt(1)], **kwargs)
+
+    build_trainer = pipeline.build_trainer
+    monkeypatch.setattr(pipeline, "build_trainer", with_sigterm)
+    run = tmp_path / "run"
+    sets = as_sets([*TINY_PRETRAIN, "trainer.epochs=3"])
+    stopped = run_cli("pretrain", tiles, "--out", run, *sets)
+    assert stopped.exit_code == 143
+    assert stopped.stderr.startswith("Stopped by SIGTERM") and len(stopped.stderr.splitlines()) == 1
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert read_backbone(run)[1].epochs == 1
+
+    monkeypatch.setattr(pipeline, "build_trainer", build_trainer)
+    resumed = run_cli("pretrain", tiles, "--out", run, "--resume", *sets)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert epochs_logged(run) == [0, 1, 2]
+    assert read_backbone(run)[1].epochs == 3
 
 
 def test_finetune_from_raster_labels_with_init(pretrained: Path, scene: Path,

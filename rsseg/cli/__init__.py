@@ -37,6 +37,10 @@ for _name in _COMMAND_MODULES:
             raise
 
 
+_LEFT_BEHIND = ("no partial output was left; a training run keeps its last finished epoch "
+                "(continue it with --resume)")
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings reach the user as one line ``Warning: message`` on stderr."""
     typer.echo(f"Warning: {message}", err=True)
@@ -44,11 +48,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main() -> None:
     """Console-script entry point: run the app, print user errors and warnings as one line."""
-    from rsseg.errors import RssegError
+    from rsseg.errors import RssegError, Terminated, sigterm_raises
 
     warnings.showwarning = _show_warning
     try:
-        code = app(standalone_mode=False)  # Typer returns 130 for Ctrl-C in this mode
+        with sigterm_raises():
+            code = app(standalone_mode=False)  # Typer returns 130 for Ctrl-C in this mode
         if code == 130:
             raise KeyboardInterrupt
         if code:
@@ -59,6 +64,9 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("Interrupted; no partial output was left.", err=True)
         sys.exit(130)
+    except Terminated:
+        typer.echo(f"Stopped by SIGTERM; {_LEFT_BEHIND}.", err=True)
+        sys.exit(143)
     except SystemExit:
         raise
     except Exception as err:  # click usage errors etc.
@@ -68,5 +76,10 @@ def main() -> None:
             err.show()
             sys.exit(err.exit_code)
         if isinstance(err, click.exceptions.Abort):
+            sys.exit(1)
+        if isinstance(err, RuntimeError) and "DataLoader worker" in str(err):
+            # e.g. `pkill -f "rsseg pretrain"` reaches the workers before this process
+            typer.echo(f"Error: a data-loading worker stopped ({str(err).strip().rstrip('.')}); "
+                       f"{_LEFT_BEHIND}.", err=True)
             sys.exit(1)
         raise

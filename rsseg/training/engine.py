@@ -104,8 +104,10 @@ def build_trainer(cfg: TrainerConfig, run: Path, title: str,
                   monitor: str | None = None, callbacks: list[Callback] | None = None
                   ) -> L.Trainer:
     """A Trainer that checkpoints ``last.ckpt`` each epoch (and ``best.ckpt`` by ``monitor``)."""
-    ckpts = [ModelCheckpoint(dirpath=run / "checkpoints", save_last=True, save_top_k=0,
-                             every_n_epochs=1)]
+    # last.ckpt after every epoch, so a stopped run resumes from its last finished epoch.
+    # (save_last=True with save_top_k=0 writes it only when training ends, as of Lightning 2.6.)
+    ckpts = [ModelCheckpoint(dirpath=run / "checkpoints", filename="last", save_top_k=1,
+                             every_n_epochs=1, enable_version_counter=False)]
     if monitor:
         ckpts.append(ModelCheckpoint(dirpath=run / "checkpoints", filename="best",
                                      monitor=monitor, mode="max", save_top_k=1,
