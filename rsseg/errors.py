@@ -40,27 +40,42 @@ class UsageError(RssegError):
     exit_code = 2
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived (``kill``, a scheduler's time limit). Raised in the main thread like
-    KeyboardInterrupt, so that atomic outputs clean up and training stops; not an ``Exception``,
-    so no ``except Exception`` swallows it."""
+class Stopped(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM (``kill``, a scheduler's time limit) arrived. Raised in the main
+    thread so that atomic outputs clean up and training stops; not an ``Exception``, so no
+    ``except Exception`` swallows it, and not a KeyboardInterrupt, which Lightning turns into a
+    silent exit 1."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 @contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Inside the block, SIGTERM raises :class:`Terminated` in this process (call it from the
-    main thread). Forked children (data-loader workers) keep the default: terminate at once."""
+def stop_signals_raise() -> Iterator[None]:
+    """Inside the block, SIGINT and SIGTERM raise :class:`Stopped` in this process (call it from
+    the main thread). Forked children (data-loader workers) get the handlers they had before."""
     main_pid = os.getpid()
+    previous = {}
 
     def handler(signum: int, frame: object) -> None:
         if os.getpid() != main_pid:  # a forked worker inherited this handler
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.signal(signum, previous[signum])
+            if callable(previous[signum]):
+                previous[signum](signum, frame)
+            elif previous[signum] == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
             return
-        raise Terminated()
+        raise Stopped(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, before in previous.items():
+            signal.signal(signum, before)

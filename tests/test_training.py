@@ -109,35 +109,38 @@ def test_pretrain_writes_run_folder_and_resumes(tiles: Path, tmp_path: Path) -> 
     assert all(1.0 <= float(r["effective_rank"]) <= int(r["dims"]) for r in rows)
 
 
-class SigtermAt(Callback):
-    """Sends this process SIGTERM at the first batch of ``epoch``."""
+class SignalAt(Callback):
+    """Sends this process ``signum`` at the first batch of ``epoch``."""
 
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, signum: int, epoch: int) -> None:
+        self.signum, self.epoch = signum, epoch
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == 0:
-            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
-            signal.raise_signal(signal.SIGTERM)
+            assert signal.getsignal(self.signum) not in (signal.SIG_DFL, None)
+            signal.raise_signal(self.signum)
 
 
-def test_sigterm_stops_with_a_resumable_checkpoint(tiles: Path, tmp_path: Path, run_cli,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """``kill`` in epoch 2 of 3: exit 143 with one line, the checkpoint of epoch 1 is on disk
-    (Lightning writes ``save_last`` only at the end unless a checkpoint is saved each epoch),
-    and ``--resume`` finishes the run from there."""
+@pytest.mark.parametrize(("signum", "code", "message"), [
+    (signal.SIGTERM, 143, "Stopped by SIGTERM"), (signal.SIGINT, 130, "Interrupted")])
+def test_a_stopped_run_exits_with_one_line_and_resumes(
+        tiles: Path, tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch, signum: int,
+        code: int, message: str) -> None:
+    """``kill`` or Ctrl-C in epoch 2 of 3: exit 143/130 with one line, the checkpoint of epoch 1
+    is on disk (Lightning writes ``save_last`` only at the end unless a checkpoint is saved each
+    epoch), and ``--resume`` finishes the run from there."""
     import rsseg.pipelines.pretrain as pipeline
 
-    def with_sigterm(*args, callbacks, **kwargs):
-        return build_trainer(*args, callbacks=[*callbacks, SigtermAt(1)], **kwargs)
+    def with_signal(*args, callbacks, **kwargs):
+        return build_trainer(*args, callbacks=[*callbacks, SignalAt(signum, 1)], **kwargs)
 
     build_trainer = pipeline.build_trainer
-    monkeypatch.setattr(pipeline, "build_trainer", with_sigterm)
+    monkeypatch.setattr(pipeline, "build_trainer", with_signal)
     run = tmp_path / "run"
     sets = as_sets([*TINY_PRETRAIN, "trainer.epochs=3"])
     stopped = run_cli("pretrain", tiles, "--out", run, *sets)
-    assert stopped.exit_code == 143
-    assert stopped.stderr.startswith("Stopped by SIGTERM") and len(stopped.stderr.splitlines()) == 1
+    assert stopped.exit_code == code
+    assert stopped.stderr.startswith(message) and len(stopped.stderr.splitlines()) == 1
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert read_backbone(run)[1].epochs == 1
 

@@ -7,6 +7,7 @@ message on stderr and exit code 1 (2 for usage errors), never a traceback.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 import warnings
 
@@ -48,11 +49,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main() -> None:
     """Console-script entry point: run the app, print user errors and warnings as one line."""
-    from rsseg.errors import RssegError, Terminated, sigterm_raises
+    from rsseg.errors import RssegError, Stopped, stop_signals_raise
 
     warnings.showwarning = _show_warning
     try:
-        with sigterm_raises():
+        with stop_signals_raise():
             code = app(standalone_mode=False)  # Typer returns 130 for Ctrl-C in this mode
         if code == 130:
             raise KeyboardInterrupt
@@ -64,9 +65,10 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("Interrupted; no partial output was left.", err=True)
         sys.exit(130)
-    except Terminated:
-        typer.echo(f"Stopped by SIGTERM; {_LEFT_BEHIND}.", err=True)
-        sys.exit(143)
+    except Stopped as stop:
+        name = "Interrupted" if stop.signum == signal.SIGINT else "Stopped by SIGTERM"
+        typer.echo(f"{name}; {_LEFT_BEHIND}.", err=True)
+        sys.exit(stop.exit_code)
     except SystemExit:
         raise
     except Exception as err:  # click usage errors etc.
