@@ -13,7 +13,14 @@ import torch.nn.functional as F
 
 from rsseg.models.bundle import read_meta
 from rsseg.pipelines import condense as condense_module
-from rsseg.pipelines.condense import _matching_loss, masked_ce
+from rsseg.pipelines.condense import (
+    _gradient,
+    _matching_loss,
+    _mean_real_gradient,
+    _real_gradient,
+    _train_net,
+    masked_ce,
+)
 from rsseg.regularizers.dcc import ConvNet, DCCConfig, gradient_distance, matched_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -214,3 +221,65 @@ def test_random_subset_baseline_has_the_same_size(labelled: tuple[Path, Path],
 
     with rasterio.open(next((tmp_path / "rnd" / "labels").iterdir())) as src:
         assert 255 in src.read(1)  # real crops keep their sparse labels
+
+
+def test_mean_real_gradient_in_one_pass_is_the_mean_of_per_class_gradients() -> None:
+    net, real, present, *_ = tiny_problem()
+    real[1] = (torch.randn(3, 3, 8, 8), torch.full((3, 8, 8), 255))  # no class-1 pixel: 0
+    present = [0, 1, 2]
+    params = matched_parameters(net)
+    cfg = DCCConfig(per_class=2, batch_real=3)  # fewer than the pool: a random draw
+    expected = [torch.zeros_like(p) for p in params]
+    gen = torch.Generator().manual_seed(3)
+    for c in present:
+        for e, g in zip(expected, _real_gradient(net, params, real, c, cfg, gen), strict=True):
+            e += g / len(present)
+    got = _mean_real_gradient(net, params, real, present, cfg, torch.Generator().manual_seed(3))
+    for e, g in zip(expected, got, strict=True):
+        assert torch.allclose(g, e, rtol=1e-4, atol=1e-7)
+    assert all(not g.requires_grad for g in got)
+
+
+def test_condense_records_its_time(labelled: tuple[Path, Path], tmp_path: Path) -> None:
+    scene, labels = labelled
+    cfg = DCCConfig.model_validate({"per_class": 1, "size": 16, "iterations": 1,
+                                    "inner_loop": 2, "net_steps": 1, "batch_real": 4,
+                                    "real_pool": 4, "net_width": 4, "device": "cpu"})
+    condense_module.condense(tmp_path / "syn", cfg, scenes=[scene], labels=labels)
+    report = json.loads((tmp_path / "syn" / "condense.json").read_text())
+    assert report["seconds"] >= 0 and report["threads"] >= 1 and len(report["loss"]) == 1
+
+
+def test_chunked_gradients_equal_the_whole_batch_gradient() -> None:
+    """:func:`_gradient` and :func:`_train_net` take ``CHUNK`` tiles per pass: the same
+    gradients (and their gradients w.r.t. the tiles) as one pass over the whole batch."""
+    torch.manual_seed(0)
+    n = condense_module.CHUNK * 2 + 3  # two full chunks and a remainder
+    net = ConvNet(3, 3, width=6, depth=2)
+    params = matched_parameters(net)
+    x = torch.randn(n, 3, 8, 8, requires_grad=True)
+    y = torch.where(torch.rand(n, 8, 8) < 0.3, torch.randint(0, 3, (n, 8, 8)), 255)
+    y[:condense_module.CHUNK] = 255  # a chunk without a labelled pixel
+    for c in (None, 1):
+        whole = torch.autograd.grad(masked_ce(net(x), y, c), params, create_graph=True)
+        chunked = _gradient(net, params, x, y, c, create_graph=True)
+        for a, b in zip(whole, chunked, strict=True):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+        # the matching's second-order path: d(distance)/d(tiles)
+        target = [torch.randn_like(p) for p in params]
+        ga, = torch.autograd.grad(gradient_distance(whole, target), x)
+        gb, = torch.autograd.grad(gradient_distance(chunked, target), x)
+        assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-7)
+    nothing = _gradient(net, params, x, torch.full_like(y, 255), None)  # no labelled pixel
+    assert all(not g.any() for g in nothing)
+    # one network step on the whole batch, accumulated over chunks
+    reference = ConvNet(3, 3, width=6, depth=2)
+    reference.load_state_dict(net.state_dict())
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    _train_net(net, opt, x.detach(), y, 1, n, torch.Generator().manual_seed(0))
+    ref_opt.zero_grad()
+    masked_ce(reference(x.detach()), y).backward()
+    ref_opt.step()
+    for a, b in zip(net.parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -115,10 +115,15 @@ BUDGETS: dict[str, dict] = {
         "supcon": ["regularizers.supcon.anchors_per_class=32",
                    "regularizers.supcon.bank_size=128"],
         # DC's loops for 10 per class (10 matching steps × 50 network steps per iteration)
-        # take hours here. Even 20 iterations of 4 × 4 measured ~1.2 min per iteration on the
-        # busy 2-core machine (~24 min per condense, more than the rest of a seed), so the
-        # committed tables (docs/methods_*.md) leave dcc and random-subset out.
-        "dcc": ["per_class=10", "size=64", "iterations=20", "outer_warmup=5", "inner_loop=4",
+        # take hours here, so 4 matching × 4 network epochs. One outer iteration on NC (7
+        # classes: 70 synthetic 64 px tiles, 16 real crops per class per matching step) took
+        # 17-26 s on the quiet 2-core machine before the condense speed-ups (chunked passes, no
+        # second-order parameter gradients) and 10-11 s after (DC warm-up iterations 16 → 11
+        # s); 30-60 s while the machine is busy. 20 iterations would still be 4-20 min per
+        # condense, longer than the rest of a seed, so 10 iterations, the first 3 DC warm-up
+        # (DCC's 1/4 ratio, rounded up): ~2-10 min per condense. Far below DCC's 1000
+        # iterations: the rows measure this small budget, not the paper's.
+        "dcc": ["per_class=10", "size=64", "iterations=10", "outer_warmup=3", "inner_loop=4",
                 "net_steps=4", "batch_real=16", "batch_train=64", "real_pool=64",
                 "net_width=32"],
     },
