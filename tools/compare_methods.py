@@ -39,6 +39,7 @@ import csv
 import json
 import math
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -53,7 +54,7 @@ from rasterio.windows import Window
 
 from rsseg.classes import IGNORE
 from rsseg.config import FinetuneConfig, PretrainConfig, load_config
-from rsseg.errors import RssegError
+from rsseg.errors import RssegError, Stopped, stop_signals_raise
 from rsseg.io.raster import open_scene
 from rsseg.labels import read_tile_labels, scan_tiles
 from rsseg.metrics import ConfusionAccumulator
@@ -303,7 +304,8 @@ def run_all(dataset: Dataset, methods: list[str], seeds: list[int], budget_name:
     shown = [*dict.fromkeys([*(r["method"] for r in results["runs"]), *methods])]
     done = {(r["method"], r["seed"]) for r in results["runs"]}
     tiles = work / "unlabelled"
-    if any(name not in BASELINES and name not in results["pretraining"] for name in methods):
+    if any(name not in BASELINES and name not in results["pretraining"] for name in methods) \
+            and not (tiles / "manifest.csv").is_file():  # a resumed comparison keeps its tiles
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*no CRS/georeferencing.*")
             size, stride = budget.get("tiling", {}).get(dataset.name,
@@ -496,13 +498,21 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*no CRS/georeferencing.*")
     start = time.perf_counter()
     try:
-        dataset = (nc_dataset(args.data, work) if args.dataset == "nc" else
-                   dubai_dataset(args.data, work, tuple(args.test_groups.split(",")),
-                                 args.label_fraction))
-        results = run_all(dataset, methods, seeds, args.budget, work,
-                          lambda msg: print(f"[compare_methods] {msg}", flush=True),
-                          checkpoint=lambda partial: write(args.out, partial),
-                          previous=previous)
+        with stop_signals_raise():  # Ctrl-C / SIGTERM stop the tool (Lightning alone would
+            # turn SIGTERM into a SystemExit(None), i.e. exit status 0)
+            dataset = (nc_dataset(args.data, work) if args.dataset == "nc" else
+                       dubai_dataset(args.data, work, tuple(args.test_groups.split(",")),
+                                     args.label_fraction))
+            results = run_all(dataset, methods, seeds, args.budget, work,
+                              lambda msg: print(f"[compare_methods] {msg}", flush=True),
+                              checkpoint=lambda partial: write(args.out, partial),
+                              previous=previous)
+    except Stopped as stop:
+        print(f"[compare_methods] stopped by signal {stop.signum}; finished runs are in "
+              f"{args.out.with_suffix('.json')}"
+              + (f" (continue with --resume --work {work})" if args.work else ""),
+              file=sys.stderr)
+        sys.exit(stop.exit_code)
     except Exception:
         traceback.print_exc()
         raise
