@@ -10,7 +10,10 @@ group, a fraction of the training tiles labelled):
    budget for every seed;
 3. fine-tuning methods run from random init: ``supcon`` (CE + w·L_supcon), ``supcon-2stage``
    (SupCon first, then an imbalance-aware classifier stage: class-balanced CE); ``dcc`` fine-tunes
-   on a DCC condensed set, ``random-subset`` on as many real crops chosen at random;
+   on a DCC condensed set, ``random-subset`` on as many real crops chosen at random,
+   ``dcc-real`` on a DCC set whose tiles keep the real label maps of the crops they start
+   from (``labels=real``): it starts from exactly the random subset, so it measures what the
+   gradient matching itself adds;
 4. every model predicts the held-out data, scored in one confusion matrix (OA, Kappa, mIoU,
    per-class IoU; the rarest reference class's IoU shown apart).
 
@@ -68,7 +71,7 @@ from rsseg.regularizers.dcc import DCCConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-BASELINES = ("random", "supcon", "supcon-2stage", "dcc", "random-subset")
+BASELINES = ("random", "supcon", "supcon-2stage", "dcc", "dcc-real", "random-subset")
 
 # Budgets: the same for every method. "cpu" is sized for a 2-core machine (about an hour per
 # dataset and seed); "tiny" only checks that the tool runs end to end.
@@ -363,11 +366,12 @@ def _finetune_one(name: str, seed: int, init: Path | None, dataset: Dataset, bud
         sets += [*budget["supcon"], f"regularizers.supcon.two_stage={name == 'supcon-2stage'}"]
         return finetune(out, load_config(FinetuneConfig, None, sets), methods=["supcon"],
                         overwrite=True, **args)
-    if name in ("dcc", "random-subset"):
+    if name in ("dcc", "dcc-real", "random-subset"):
         fraction = next((float(s.split("=")[1]) for s in dataset.finetune_sets
                          if s.startswith("data.label_fraction=")), 1.0)
+        labels = "real" if name == "dcc-real" else "uniform"
         dcc = load_config(DCCConfig, None, [*budget["dcc"], f"seed={seed}", "device=cpu",
-                                            f"label_fraction={fraction}"])
+                                            f"label_fraction={fraction}", f"labels={labels}"])
         folder = condense(work / f"{name}_{seed}", dcc, overwrite=True,
                           random_subset=name == "random-subset", **args)
         sets = [s for s in sets if not s.startswith(("data.label_fraction", "data.group"))]
