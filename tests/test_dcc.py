@@ -223,7 +223,7 @@ def test_random_subset_baseline_has_the_same_size(labelled: tuple[Path, Path],
         assert 255 in src.read(1)  # real crops keep their sparse labels
 
 
-def test_mean_real_gradient_in_one_pass_is_the_mean_of_per_class_gradients() -> None:
+def test_mean_real_gradient_is_the_mean_of_per_class_gradients() -> None:
     net, real, present, *_ = tiny_problem()
     real[1] = (torch.randn(3, 3, 8, 8), torch.full((3, 8, 8), 255))  # no class-1 pixel: 0
     present = [0, 1, 2]
