@@ -1,7 +1,8 @@
 """The ``rsseg`` command line: one module per command, all registered on one Typer app.
 
 Library code raises :class:`rsseg.errors.RssegError`; :func:`main` turns it into a one-line
-message on stderr and exit code 1 (2 for usage errors), never a traceback.
+message on stderr and exit code 1 (2 for usage errors), never a traceback. Ctrl-C and SIGTERM
+stop a command with one line and exit code 130/143 (:func:`rsseg.errors.stop_signals_raise`).
 """
 
 from __future__ import annotations
@@ -54,18 +55,13 @@ def main() -> None:
     warnings.showwarning = _show_warning
     try:
         with stop_signals_raise():
-            code = app(standalone_mode=False)  # Typer returns 130 for Ctrl-C in this mode
-        if code == 130:
-            raise KeyboardInterrupt
+            code = app(standalone_mode=False)
         if code:
             sys.exit(code)
     except RssegError as err:
         typer.echo(f"Error: {err}", err=True)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("Interrupted; no partial output was left.", err=True)
-        sys.exit(130)
-    except Stopped as stop:
+    except Stopped as stop:  # Ctrl-C or SIGTERM (stop_signals_raise: never a KeyboardInterrupt)
         name = "Interrupted" if stop.signum == signal.SIGINT else "Stopped by SIGTERM"
         typer.echo(f"{name}; {_LEFT_BEHIND}.", err=True)
         sys.exit(stop.exit_code)
