@@ -254,6 +254,16 @@ def test_help_shows_bracketed_defaults(run_cli) -> None:
     assert "[default: glcnet]" in result.stdout and "[config: trainer.epochs]" in result.stdout
 
 
+@pytest.mark.parametrize("args", [("predict", "scene.tif"), ("bogus",),
+                                  ("tile", "a.tif", "--size", "many")])
+def test_usage_errors_print_usage_and_exit_2(run_cli, args) -> None:
+    """A missing option, an unknown command or a bad value: usage + one error line, exit 2."""
+    result = run_cli(*args)
+    assert result.exit_code == 2, result
+    assert result.stderr.startswith("Usage: rsseg") and "Traceback" not in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1].startswith("Error: ")
+
+
 def test_resume_with_another_config_names_the_difference(pretrained: Path, tiles: Path,
                                                          run_cli) -> None:
     result = run_cli("pretrain", tiles, "--out", pretrained, "--resume",

@@ -55,9 +55,9 @@ def main() -> None:
     warnings.showwarning = _show_warning
     try:
         with stop_signals_raise():
-            code = app(standalone_mode=False)
-        if code:
-            sys.exit(code)
+            # standalone: Typer prints usage errors itself (one line + usage, exit 2), whichever
+            # click it bundles; exceptions of our own pass through
+            app(standalone_mode=True)
     except RssegError as err:
         typer.echo(f"Error: {err}", err=True)
         sys.exit(err.exit_code)
@@ -65,19 +65,10 @@ def main() -> None:
         name = "Interrupted" if stop.signum == signal.SIGINT else "Stopped by SIGTERM"
         typer.echo(f"{name}; {_LEFT_BEHIND}.", err=True)
         sys.exit(stop.exit_code)
-    except SystemExit:
-        raise
-    except Exception as err:  # click usage errors etc.
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(1)
-        if isinstance(err, RuntimeError) and "DataLoader worker" in str(err):
-            # e.g. `pkill -f "rsseg pretrain"` reaches the workers before this process
-            typer.echo(f"Error: a data-loading worker stopped ({str(err).strip().rstrip('.')}); "
-                       f"{_LEFT_BEHIND}.", err=True)
-            sys.exit(1)
-        raise
+    except RuntimeError as err:
+        if "DataLoader worker" not in str(err):
+            raise
+        # e.g. `pkill -f "rsseg pretrain"` reaches the workers before this process
+        typer.echo(f"Error: a data-loading worker stopped ({str(err).strip().rstrip('.')}); "
+                   f"{_LEFT_BEHIND}.", err=True)
+        sys.exit(1)
