@@ -4,8 +4,12 @@ Why predict runs what it runs (docs/performance.md): for one randomly initialise
 same input, the model alone (no reading, blending or writing) as
 
 - ``eager``: the plain module, NCHW (the baseline of issue 6);
-- ``channels_last``: what ``--backend torch`` runs;
+- ``channels_last``: the module in channels-last memory format;
+- ``folded``: channels-last with BatchNorm folded into the convolutions — what ``--backend
+  torch`` runs;
 - ``onnxruntime``: what ``--backend onnxruntime`` runs (the graph exported as rsseg exports it);
+- ``openvino``: the same ONNX graph compiled by OpenVINO (f32, latency hint) — not used: no
+  faster than ONNX Runtime on the CPUs measured; needs ``pip install openvino``;
 - ``jit_frozen``: ``torch.jit.trace`` + ``torch.jit.freeze`` of the channels-last model
   (Conv-BN folding, pre-packed oneDNN weights) — not used: deprecated in PyTorch 2.x;
 - ``compiled``: ``torch.compile`` (inductor, weight freezing) of the channels-last model — not
@@ -38,7 +42,8 @@ from rsseg.inference.runtime import OrtRunner, TorchRunner, torch_threads
 from rsseg.models.bundle import load_bundle
 from rsseg.models.onnx_export import require_onnx
 
-CANDIDATES = ("eager", "channels_last", "onnxruntime", "jit_frozen", "compiled")
+CANDIDATES = ("eager", "channels_last", "folded", "onnxruntime", "openvino", "jit_frozen",
+              "compiled")
 
 
 def candidates(bundle: Path, x: np.ndarray, names: list[str], threads: int
@@ -52,12 +57,22 @@ def candidates(bundle: Path, x: np.ndarray, names: list[str], threads: int
         net.eval()
         if name == "eager":
             calls[name] = lambda net=net: net(nchw)
-        elif name == "channels_last":
-            runner = TorchRunner(net, torch.device("cpu"))
+        elif name in ("channels_last", "folded"):
+            runner = TorchRunner(net, torch.device("cpu"),
+                                 sample_shape=x.shape[1:] if name == "folded" else None)
             calls[name] = lambda runner=runner: runner(x)
         elif name == "onnxruntime":
             runner = OrtRunner(runtime_graph(bundle, net, meta, *x.shape[2:]), threads)
             calls[name] = lambda runner=runner: runner(x)
+        elif name == "openvino":
+            import openvino
+
+            compiled_graph = openvino.Core().compile_model(
+                str(runtime_graph(bundle, net, meta, *x.shape[2:])), "CPU",
+                {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+                 "PERFORMANCE_HINT": "LATENCY"})
+            request = compiled_graph.create_infer_request()
+            calls[name] = lambda request=request: request.infer({0: x})
         elif name == "jit_frozen":
             cl_net = net.to(memory_format=torch.channels_last)
             with warnings.catch_warnings():
@@ -146,7 +161,8 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--batch-sizes", type=lambda s: [int(b) for b in s.split(",")],
                         default=[2, 8])
-    parser.add_argument("--candidates", default=",".join(CANDIDATES),
+    parser.add_argument("--candidates",
+                        default=",".join(c for c in CANDIDATES if c != "openvino"),
                         help=f"comma-separated, of {', '.join(CANDIDATES)}")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=3)

@@ -3,10 +3,11 @@
 A *runner* maps a ``(B, C, H, W)`` float32 numpy batch of normalised pixels to ``(B, K, H, W)``
 logits (a torch tensor on the runner's device). Choices and their checks:
 
-- ``torch`` backend: the model in channels-last memory format (oneDNN and cuDNN pick faster
-  convolution kernels for it; same answers), ``fp32``, or autocast ``bf16`` (CPUs with native
-  bf16 — AVX-512 BF16 or AMX — and GPUs that support it) or ``fp16`` (GPU only). On a GPU the
-  batch goes through one pinned host buffer with a non-blocking copy.
+- ``torch`` backend: BatchNorm folded into the convolutions (:mod:`rsseg.inference.fold_bn`)
+  and the model in channels-last memory format (oneDNN and cuDNN pick faster convolution
+  kernels for it; same answers to float32 rounding), ``fp32``, or autocast ``bf16`` (CPUs
+  with native bf16 — AVX-512 BF16 or AMX — and GPUs that support it) or ``fp16`` (GPU only).
+  On a GPU the batch goes through one pinned host buffer with a non-blocking copy.
 - ``onnxruntime`` backend (optional extra, CPU, fp32): the bundle's graph exported once and cached
   by the bundle's hash (:mod:`rsseg.inference.onnx_cache`).
 - ``threads``: intra-op threads of either backend (default: PyTorch's, i.e. the cores).
@@ -25,6 +26,7 @@ from torch import nn
 
 from rsseg.errors import ConfigError
 from rsseg.inference.device import bf16_supported
+from rsseg.inference.fold_bn import fold_batchnorm
 from rsseg.models.bundle import BundleMeta
 
 BACKENDS = ("torch", "onnxruntime")
@@ -86,10 +88,16 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 
 class TorchRunner:
-    """The model on ``device`` in channels-last, fp32 or under bf16/fp16 autocast."""
+    """The model on ``device`` in channels-last, fp32 or under bf16/fp16 autocast; with
+    ``sample_shape`` ``(C, H, W)``, BatchNorm folded, checked on one random window of that shape."""
 
-    def __init__(self, net: nn.Module, device: torch.device, precision: str = "fp32") -> None:
-        self.net = net.to(device).eval().to(memory_format=torch.channels_last)
+    def __init__(self, net: nn.Module, device: torch.device, precision: str = "fp32",
+                 sample_shape: tuple[int, int, int] | None = None) -> None:
+        net = net.to(device).eval()
+        if sample_shape is not None:
+            probe = torch.randn((1, *sample_shape), generator=torch.Generator().manual_seed(0))
+            net = fold_batchnorm(net, probe.to(device))
+        self.net = net.to(memory_format=torch.channels_last)
         self.device = device
         self.dtype = _AUTOCAST.get(precision)
         self._staging: torch.Tensor | None = None  # pinned host buffer (GPU only)
@@ -140,7 +148,7 @@ def build_runner(net: nn.Module, meta: BundleMeta, bundle: Path, device: torch.d
         from rsseg.inference.onnx_cache import runtime_graph
 
         return OrtRunner(runtime_graph(bundle, net, meta, *window), options.threads)
-    return TorchRunner(net, device, options.precision)
+    return TorchRunner(net, device, options.precision, (meta.model.in_channels, *window))
 
 
 def auto_batch_size(runner: Runner, device: torch.device, shape: tuple[int, int, int],
