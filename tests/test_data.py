@@ -8,13 +8,13 @@ import torch
 from rsseg.training.data import LabelledCrops, crop_labels, normalize
 
 
-def test_normalize_is_float32_and_zeroes_invalid_pixels() -> None:
+def test_normalize_is_float32_and_zeroes_missing_band_values() -> None:
     pixels = np.array([[[10, 20]], [[30, 40]]], dtype=np.uint16)  # (2, 1, 2)
     out = normalize(pixels, np.array([10.0, 30.0]), np.array([5.0, 10.0]),
-                    valid=np.array([[True, False]]))
+                    missing=np.array([[[False, True]], [[False, False]]]))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out[:, 0, 0], [0.0, 0.0])
-    np.testing.assert_allclose(out[:, 0, 1], [0.0, 0.0])  # invalid → 0, not (20-10)/5
+    np.testing.assert_allclose(out[:, 0, 1], [0.0, 1.0])  # band 0 missing → 0, not (20-10)/5
     assert normalize(pixels, np.array([0.0, 0.0]), np.array([1.0, 1.0]))[1, 0, 1] == 40
 
 
@@ -86,7 +86,7 @@ def test_balanced_crops_and_jitter_keep_labels_and_nodata(geotiff_factory) -> No
     assert changed  # the radiometric jitter changes the pixel values
 
 
-def test_band_dropout_reads_one_band_as_nodata(geotiff_factory) -> None:
+def test_band_dropout_makes_one_band_missing(geotiff_factory) -> None:
     pixels = np.full((3, 32, 32), 50, dtype=np.uint8)
     pixels[:, :, :4] = 0  # nodata everywhere in the first columns
     image = geotiff_factory("img.tif", pixels, nodata=0)
@@ -102,8 +102,22 @@ def test_band_dropout_reads_one_band_as_nodata(geotiff_factory) -> None:
         x, _ = crops[i]
         valid = x.abs().sum(0) > 0
         per_band = [torch.unique(x[b][valid]).tolist() for b in range(3)]
-        missing = [b for b, v in enumerate(per_band) if v == [-4.0]]  # (0 - 40) / 10
+        missing = [b for b, v in enumerate(per_band) if v == [0.0]]  # the band mean
         assert len(missing) == 1 and all(per_band[b] == [1.0] for b in range(3)
                                          if b not in missing)
         dropped.update(missing)
     assert dropped == {0, 1, 2}
+
+
+def test_a_band_missing_in_a_valid_pixel_enters_at_its_mean(geotiff_factory) -> None:
+    """Per-band nodata (GDAL's): band 2's frame is 0 = nodata while bands 0-1 hold data; those
+    pixels keep their labels and read band 2 as 0 (its mean), never as (0 - mean) / std."""
+    pixels = np.full((3, 32, 32), 50, dtype=np.uint8)
+    pixels[2, :, :8] = 0  # band 2's footprint ends first
+    image = geotiff_factory("img.tif", pixels, nodata=0)
+    labels = np.full((32, 32), 1, dtype=np.uint8)
+    crops = LabelledCrops([(image, labels)], np.array([[0, 16, 16]]), 32, np.full(3, 40.0),
+                          np.full(3, 10.0), None, augment=False)
+    x, y = crops[0]
+    assert (x[:2] == 1.0).all() and (x[2, :, :8] == 0).all() and (x[2, :, 8:] == 1.0).all()
+    assert (y == 1).all()  # the frame is not nodata: every band would have to be

@@ -65,8 +65,10 @@ def _pixels(height: int, width: int, seed: int) -> np.ndarray:
 
 
 def _reference(pixels: np.ndarray) -> np.ndarray:
-    """The per-pixel function on the whole scene at once, in float64, then nodata → 255."""
+    """The per-pixel function on the whole scene at once, in float64, a band's nodata at the band
+    mean (nodata is per band), then all-band nodata → 255."""
     x = (pixels.astype(np.float64) - MEAN) / STD
+    x[pixels == NODATA] = 0.0
     logits = np.einsum("kc,chw->khw", WEIGHTS.astype(np.float64), x) + BIAS[:, None, None]
     ids = CLASS_IDS[np.argmax(logits, axis=0)]
     ids[(pixels == NODATA).all(axis=0)] = 255

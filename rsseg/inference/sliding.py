@@ -112,12 +112,12 @@ class SlidingWindowPredictor:
                     rows = Window(0, lay.rows[i], lay.width, lay.finished_rows(i))
                     finished.append((i, scene.valid_mask(reader.read(rows))))
             pixels = np.stack(pixels)
-            valid = np.stack([scene.valid_mask(p) for p in pixels])
+            missing = scene.band_missing(pixels)  # (B, C, h, w): these enter as 0, the band mean
             for b, (i, col) in enumerate(chunk):
-                valid[b, lay.height - lay.rows[i]:] = False  # padding below a short scene
-                valid[b, :, lay.width - col:] = False  # padding right of a narrow scene
+                missing[b, :, lay.height - lay.rows[i]:] = True  # padding below a short scene
+                missing[b, :, :, lay.width - col:] = True  # padding right of a narrow scene
             x = self.normalise(pixels)
             if np.issubdtype(pixels.dtype, np.floating):
                 x[~np.isfinite(x)] = 0
-            np.copyto(x, np.float32(0), where=~valid[:, None])
+            np.copyto(x, np.float32(0), where=missing)
             yield _Batch(x, chunk, finished)

@@ -7,7 +7,7 @@ profile dicts. Arrays are band-first: ``(C, H, W)``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,19 +100,31 @@ class Scene:
     def valid_mask(self, pixels: np.ndarray) -> np.ndarray:
         """``(H, W)`` bool, True where a pixel holds data in at least one band.
 
-        A pixel is nodata when every selected band equals the nodata value (or is NaN).
+        A pixel is nodata when every selected band is missing (:meth:`band_missing`).
         """
+        missing = self._missing_test(pixels.dtype)
+        if missing is None:
+            return np.ones(pixels.shape[1:], dtype=bool)
+        return ~_all_bands(missing, pixels)
+
+    def band_missing(self, pixels: np.ndarray) -> np.ndarray:
+        """Bool of ``pixels``' shape (``(..., C, H, W)``): True where a band's value equals the
+        nodata value (or is NaN). Nodata is per band, as in GDAL: a pixel may miss one band —
+        past the edge of that band's footprint, like Landsat 7's band 7 frame — and hold the
+        others; models see a missing band value as the band mean (0 once normalised)."""
+        missing = self._missing_test(pixels.dtype)
+        return np.zeros(pixels.shape, dtype=bool) if missing is None else missing(pixels)
+
+    def _missing_test(self, dtype: np.dtype) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Elementwise "this value is missing" for ``dtype``; None when none can be."""
         nodata = self.info.nodata
-        floating = np.issubdtype(pixels.dtype, np.floating)
+        floating = np.issubdtype(dtype, np.floating)
         if nodata is None or np.isnan(nodata):
-            if not floating:
-                return np.ones(pixels.shape[1:], dtype=bool)
-            return ~_all_bands(np.isnan, pixels)
-        value = np.asarray(nodata, dtype=pixels.dtype)
-        invalid = _all_bands(lambda band: band == value, pixels)
+            return np.isnan if floating else None
+        value = np.asarray(nodata, dtype=dtype)
         if floating:
-            invalid |= _all_bands(np.isnan, pixels)
-        return ~invalid
+            return lambda values: (values == value) | np.isnan(values)
+        return lambda values: values == value
 
 
 def _all_bands(test, pixels: np.ndarray) -> np.ndarray:

@@ -197,7 +197,7 @@ def _load_plain(root: Path) -> TileSet:
                 info = scene.info
                 _check_same(path, _signature(info), paths[0], ref)
                 pixels = scene.read(Window(0, 0, info.width, info.height))
-                stats.update(pixels, scene.valid_mask(pixels))
+                stats.update(pixels, ~scene.band_missing(pixels))
                 sizes.add((info.height, info.width))
     h, w = next(iter(sizes))
     tile_size = h if len(sizes) == 1 and h == w else None

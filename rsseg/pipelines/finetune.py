@@ -53,7 +53,7 @@ from rsseg.tiling.windows import grid_windows
 from rsseg.training.data import LabelledCrops
 from rsseg.training.engine import build_trainer
 from rsseg.training.modules import SegmentationModule
-from rsseg.training.run_folder import prepare_run
+from rsseg.training.run_folder import run_folder
 
 BUNDLE = "model.rsseg"
 FOLDER_CLASSES = "classes.yaml"  # optional class table of a tile folder

@@ -151,7 +151,7 @@ def _write(root: Path, plans: list[_Plan], o: TileOptions,
                     else:
                         write_tile(writer.next_path(), pixels, scene, window)
                         writer.add(scene.info.path, window, nodata_fraction)
-                        stats.update(pixels, valid)
+                        stats.update(pixels, ~scene.band_missing(pixels))
                     done += 1
                     if progress:
                         progress(done, total)

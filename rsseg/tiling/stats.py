@@ -1,6 +1,7 @@
 """Streaming per-band statistics over valid pixels: mean, std, min, max, p2, p98, count.
 
-Feed ``(C, H, W)`` chunks with an ``(H, W)`` validity mask; memory does not grow with the data.
+Feed ``(C, H, W)`` chunks with an ``(H, W)`` or per-band ``(C, H, W)`` validity mask; memory does
+not grow with the data.
 
 - mean/std: exact up to float64 rounding (per-chunk float64 moments merged with Chan et al.'s
   parallel formula); std is the population std (ddof=0).
@@ -34,9 +35,10 @@ class RunningStats:
         self.hist = np.zeros((bands, NBINS), dtype=np.int64)
 
     def update(self, pixels: np.ndarray, valid: np.ndarray) -> None:
-        """Add the pixels of ``pixels`` ``(C, H, W)`` where ``valid`` ``(H, W)`` is True."""
+        """Add the values of ``pixels`` ``(C, H, W)`` where ``valid`` is True: ``(H, W)`` for
+        every band, or ``(C, H, W)`` per band (nodata per band, ``~Scene.band_missing``)."""
         for b in range(pixels.shape[0]):
-            values = pixels[b][valid]
+            values = pixels[b][valid if valid.ndim == 2 else valid[b]]
             if values.dtype.kind == "f":
                 values = values[np.isfinite(values)]
             if values.size:

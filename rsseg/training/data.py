@@ -1,7 +1,8 @@
 """Datasets for the engine: pretraining views of tiles, supervised crops of labelled rasters.
 
 Every item is normalised per band with the statistics that travel with the tiles and the bundle:
-``(x - mean) / std`` in float32, nodata pixels set to 0 (the band mean). Arrays are ``(C, H, W)``.
+``(x - mean) / std`` in float32, missing band values (nodata, per band as in GDAL) set to 0 (the
+band mean), as ``predict`` sees them. Arrays are ``(C, H, W)``.
 Rasters are opened lazily once per DataLoader worker.
 """
 
@@ -19,13 +20,14 @@ from rsseg.io.raster import Scene, open_scene
 
 
 def normalize(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray,
-              valid: np.ndarray | None = None) -> np.ndarray:
-    """``(C, H, W)`` any dtype → float32 ``(x - mean) / std``; invalid pixels → 0."""
+              missing: np.ndarray | None = None) -> np.ndarray:
+    """``(C, H, W)`` any dtype → float32 ``(x - mean) / std``; values where ``missing`` (bool,
+    ``(C, H, W)``) → 0."""
     mean = np.asarray(mean, dtype=np.float32)[:, None, None]
     std = np.asarray(std, dtype=np.float32)[:, None, None]
     out = (pixels.astype(np.float32) - mean) / std
-    if valid is not None:
-        out[:, ~valid] = 0.0
+    if missing is not None:
+        out[missing] = 0.0
     return np.nan_to_num(out, copy=False)
 
 
@@ -51,10 +53,11 @@ class _LazyScenes:
         return self._open[path][1]
 
     def read(self, path: Path, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels ``(C, H, W)`` of ``window`` (default: all) and where a band value is missing."""
         scene = self.get(path)
         window = window or Window(0, 0, scene.info.width, scene.info.height)
         pixels = scene.read(window, boundless=True)
-        return pixels, scene.valid_mask(pixels)
+        return pixels, scene.band_missing(pixels)
 
 
 class PretrainTiles(Dataset):
@@ -73,8 +76,8 @@ class PretrainTiles(Dataset):
 
     def tile(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The normalised tile ``(C, H, W)`` float32 and its valid mask ``(H, W)``."""
-        pixels, valid = self.scenes.read(self.paths[index])
-        return normalize(pixels, self.mean, self.std, valid), valid
+        pixels, missing = self.scenes.read(self.paths[index])
+        return normalize(pixels, self.mean, self.std, missing), ~missing.all(axis=0)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         tile, valid = self.tile(index)
@@ -108,11 +111,11 @@ class LabelledCrops(Dataset):
     alike and 1 every class alike (class-balanced sampling of sparse, imbalanced labels).
     ``jitter`` (training items): radiometric augmentation, safe for any band count: each
     band of a crop is scaled by ``1 + a`` and shifted by ``b`` (normalised units), with
-    ``a, b ~ N(0, jitter)`` drawn per band and crop; nodata pixels stay 0.
+    ``a, b ~ N(0, jitter)`` drawn per band and crop; missing band values stay 0.
     ``band_dropout`` (training items): the probability that one band of a crop, drawn at
-    random, reads as the raster's nodata value (the band mean without one) while the other
-    bands stay valid, as past the edge of a band's footprint (e.g. a Landsat-7 band 7 frame):
-    the model learns to classify pixels with a band missing, as ``predict`` will see them.
+    random, is missing (0, the band mean) while the other bands stay valid, as past the edge of
+    a band's footprint (e.g. a Landsat-7 band 7 frame): the model learns to classify pixels
+    with a band missing, as ``predict`` will see them.
     """
 
     def __init__(self, sources: Sequence[tuple[Path, np.ndarray]], centres: np.ndarray,
@@ -150,21 +153,18 @@ class LabelledCrops(Dataset):
         rng = item_rng() if self.augment else None
         src, window = self.window(index, rng)
         path, labels = self.sources[src]
-        pixels, valid = self.scenes.read(path, window)
+        pixels, missing = self.scenes.read(path, window)
         y = crop_labels(labels, window, self.ignore)
-        y[~valid] = self.ignore
-        x = normalize(pixels, self.mean, self.std, valid)
+        y[missing.all(axis=0)] = self.ignore
+        x = normalize(pixels, self.mean, self.std)
         if rng is not None and self.band_dropout and rng.random() < self.band_dropout:
-            band = int(rng.integers(len(x)))
-            nodata = self.scenes.get(path).info.nodata
-            x[band, valid] = 0.0 if nodata is None else \
-                (nodata - self.mean[band]) / self.std[band]
+            missing[int(rng.integers(len(x)))] = True
+        if rng is not None and self.jitter:
+            bands = (len(x), 1, 1)
+            x = x * (1 + rng.normal(0, self.jitter, bands)).astype(np.float32) \
+                + rng.normal(0, self.jitter, bands).astype(np.float32)
+        x[missing] = 0.0
         if rng is not None:
-            if self.jitter:
-                bands = (len(x), 1, 1)
-                x = x * (1 + rng.normal(0, self.jitter, bands)).astype(np.float32) \
-                    + rng.normal(0, self.jitter, bands).astype(np.float32)
-                x[:, ~valid] = 0.0
             x, y = dihedral(x, y, rng)
         return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
 
