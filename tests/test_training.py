@@ -151,6 +151,28 @@ def test_a_stopped_run_exits_with_one_line_and_resumes(
     assert read_backbone(run)[1].epochs == 3
 
 
+def test_a_run_stopped_before_its_first_checkpoint_leaves_no_folder(
+        tiles: Path, tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in epoch 0, or a setup error once the folder exists: nothing to resume, so the run
+    folder goes, and the same command simply runs again (no "already exists")."""
+    import rsseg.pipelines.pretrain as pipeline
+
+    def with_signal(*args, callbacks, **kwargs):
+        return build_trainer(*args, callbacks=[*callbacks, SignalAt(signal.SIGINT, 0)], **kwargs)
+
+    build_trainer = pipeline.build_trainer
+    monkeypatch.setattr(pipeline, "build_trainer", with_signal)
+    run = tmp_path / "run"
+    sets = as_sets(TINY_PRETRAIN)
+    assert run_cli("pretrain", tiles, "--out", run, *sets).exit_code == 130
+    assert not run.exists()
+    monkeypatch.setattr(pipeline, "build_trainer", build_trainer)
+    failed = run_cli("pretrain", tiles, "--out", run, *sets, "--precision", "16-mixed")
+    assert failed.exit_code == 1 and "needs a GPU" in failed.stderr
+    assert not run.exists()
+    assert run_cli("pretrain", tiles, "--out", run, *sets).exit_code == 0
+
+
 def test_finetune_from_raster_labels_with_init(pretrained: Path, scene: Path,
                                                 sparse_labels: Path, tmp_path: Path) -> None:
     pre = pretrained

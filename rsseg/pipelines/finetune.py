@@ -181,7 +181,7 @@ def scene_band_norms(paths: list[Path], nodata: float | None) -> list[BandNorm]:
                 step = max(info.block_shape[0], 256 // info.block_shape[0] * info.block_shape[0])
                 for top in range(0, info.height, step):
                     pixels = scene.read(Window(0, top, info.width, min(step, info.height - top)))
-                    stats.update(pixels, scene.valid_mask(pixels))
+                    stats.update(pixels, ~scene.band_missing(pixels))
     return [BandNorm(name=d["name"], mean=d["mean"] or 0.0, std=d["std"] or 1.0)
             for d in stats.to_dicts(names)]
 
@@ -351,50 +351,49 @@ def finetune(out: str | Path, config: FinetuneConfig, *, scenes: list[Path] | No
     info = SegInfo(tuple(s.classes for s in specs), names, config.trainer.epochs, IGNORE)
     regularizers = [get_regularizer(name, model, info, **params)
                     for name, params in config.regularizers.items()]
-    ckpt = prepare_run(out, config, resume=resume, overwrite=overwrite)
-
-    bs = config.trainer.batch_size
-    workers = config.trainer.num_workers
-    trains, val_loaders, val_domains = [], [], []
-    for d, (domain, norm) in enumerate(zip(domains, norms, strict=True)):
-        mean = np.array([b.mean for b in norm])
-        std = np.array([b.std for b in norm])
-        sources = domain.sources
-        centres = _centres(sources.train, config.data.max_centres, config.trainer.seed)
-        if not len(centres):
-            where = f" in domain {domain.name!r}" if domain.name else ""
-            raise InputError(f"no labelled pixel left for training{where}", "add labels")
-        length = (config.trainer.steps_per_epoch * bs if config.trainer.steps_per_epoch
-                  else len(centres))
-        trains.append(LabelledCrops(sources.train, centres, crop, mean, std, nodata,
-                                    length=length, balance=config.data.balance,
-                                    jitter=config.data.jitter,
-                                    band_dropout=config.data.band_dropout))
-        val_centres = _grid_centres(sources.val, crop)
-        if len(val_centres):
-            val = LabelledCrops(sources.val, val_centres, crop, mean, std, nodata,
-                                augment=False)
-            val_loaders.append(DataLoader(val, batch_size=bs, num_workers=workers,
-                                          persistent_workers=workers > 0))
-            val_domains.append(d)
-    train = trains[0] if len(trains) == 1 else _PerDomain(trains)
-    loader = DataLoader(train, batch_size=bs, shuffle=True, drop_last=len(train) > bs,
-                        num_workers=workers, persistent_workers=workers > 0)
-    monitor = "val_oa" if val_loaders else None
-    trainer = build_trainer(config.trainer, out, "fine-tune", monitor=monitor)
-    module = SegmentationModule(model, [s.classes for s in specs], IGNORE, config.optim,
-                                config.trainer.epochs, regularizers=regularizers,
-                                loss=config.loss,
-                                class_counts=[d.sources.class_counts() for d in domains],
-                                domains=names, val_domains=val_domains,
-                                encoder_lr_scale=config.encoder_lr_scale if init else 1.0,
-                                ema=config.ema)
-    val_arg = (val_loaders[0] if len(val_loaders) == 1 else val_loaders) or None
-    with warnings.catch_warnings():  # training reads pixels: georeferencing is irrelevant
-        warnings.filterwarnings("ignore", message=".*no CRS/georeferencing.*")
-        warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
-        warnings.filterwarnings("ignore", message=".*`validation_step` but have no .*")
-        trainer.fit(module, loader, val_arg, ckpt_path=ckpt)
+    with run_folder(out, config, resume=resume, overwrite=overwrite) as ckpt:
+        bs = config.trainer.batch_size
+        workers = config.trainer.num_workers
+        trains, val_loaders, val_domains = [], [], []
+        for d, (domain, norm) in enumerate(zip(domains, norms, strict=True)):
+            mean = np.array([b.mean for b in norm])
+            std = np.array([b.std for b in norm])
+            sources = domain.sources
+            centres = _centres(sources.train, config.data.max_centres, config.trainer.seed)
+            if not len(centres):
+                where = f" in domain {domain.name!r}" if domain.name else ""
+                raise InputError(f"no labelled pixel left for training{where}", "add labels")
+            length = (config.trainer.steps_per_epoch * bs if config.trainer.steps_per_epoch
+                      else len(centres))
+            trains.append(LabelledCrops(sources.train, centres, crop, mean, std, nodata,
+                                        length=length, balance=config.data.balance,
+                                        jitter=config.data.jitter,
+                                        band_dropout=config.data.band_dropout))
+            val_centres = _grid_centres(sources.val, crop)
+            if len(val_centres):
+                val = LabelledCrops(sources.val, val_centres, crop, mean, std, nodata,
+                                    augment=False)
+                val_loaders.append(DataLoader(val, batch_size=bs, num_workers=workers,
+                                              persistent_workers=workers > 0))
+                val_domains.append(d)
+        train = trains[0] if len(trains) == 1 else _PerDomain(trains)
+        loader = DataLoader(train, batch_size=bs, shuffle=True, drop_last=len(train) > bs,
+                            num_workers=workers, persistent_workers=workers > 0)
+        monitor = "val_oa" if val_loaders else None
+        trainer = build_trainer(config.trainer, out, "fine-tune", monitor=monitor)
+        module = SegmentationModule(model, [s.classes for s in specs], IGNORE, config.optim,
+                                    config.trainer.epochs, regularizers=regularizers,
+                                    loss=config.loss,
+                                    class_counts=[d.sources.class_counts() for d in domains],
+                                    domains=names, val_domains=val_domains,
+                                    encoder_lr_scale=config.encoder_lr_scale if init else 1.0,
+                                    ema=config.ema)
+        val_arg = (val_loaders[0] if len(val_loaders) == 1 else val_loaders) or None
+        with warnings.catch_warnings():  # training reads pixels: georeferencing is irrelevant
+            warnings.filterwarnings("ignore", message=".*no CRS/georeferencing.*")
+            warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+            warnings.filterwarnings("ignore", message=".*`validation_step` but have no .*")
+            trainer.fit(module, loader, val_arg, ckpt_path=ckpt)
     if not trainer.is_global_zero:  # DDP: rank zero writes the bundle
         return out / BUNDLE
     best = out / "checkpoints" / ("best.ckpt" if monitor else "last.ckpt")

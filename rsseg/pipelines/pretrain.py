@@ -28,7 +28,7 @@ from rsseg.training.data import PretrainTiles
 from rsseg.training.diagnostics import SpectrumMonitor
 from rsseg.training.engine import build_trainer
 from rsseg.training.modules import PretrainModule
-from rsseg.training.run_folder import prepare_run
+from rsseg.training.run_folder import run_folder
 
 LOCAL_FEATURES = 64  # GLCNet builds the pretraining model with classes=64 (official code)
 
@@ -117,15 +117,16 @@ def pretrain(tiles_dir: str | Path, out: str | Path, config: PretrainConfig,
     """Pretrain ``config.model`` with ``config.pretext`` on the tiles; return the run folder."""
     out = Path(out)
     job = build_pretraining(tiles_dir, config)
-    ckpt = prepare_run(out, config, resume=resume, overwrite=overwrite)
-    label = pretext_label(config.pretext.name, config.pretext.params)  # e.g. glcnet+claws
-    meta = BackboneMeta(arch=job.spec.arch, encoder=job.spec.encoder, kwargs=job.spec.kwargs,
-                        bands=band_norms(job.tileset), pretext=label, epochs=0)
-    images = diagnostic_images(job.dataset, config.data.diagnostic_samples,
-                               config.data.view_size)
-    callbacks = [SpectrumMonitor(images, out), ExportBackbone(out, meta)]
-    trainer = build_trainer(config.trainer, out, f"pretrain {label}",
-                            callbacks=callbacks)
-    module = PretrainModule(job.model, job.pretext, config.optim, config.trainer.epochs)
-    trainer.fit(module, job.loader(config), ckpt_path=ckpt)
+    with run_folder(out, config, resume=resume, overwrite=overwrite) as ckpt:
+        label = pretext_label(config.pretext.name, config.pretext.params)  # e.g. glcnet+claws
+        meta = BackboneMeta(arch=job.spec.arch, encoder=job.spec.encoder,
+                            kwargs=job.spec.kwargs, bands=band_norms(job.tileset),
+                            pretext=label, epochs=0)
+        images = diagnostic_images(job.dataset, config.data.diagnostic_samples,
+                                   config.data.view_size)
+        callbacks = [SpectrumMonitor(images, out), ExportBackbone(out, meta)]
+        trainer = build_trainer(config.trainer, out, f"pretrain {label}",
+                                callbacks=callbacks)
+        module = PretrainModule(job.model, job.pretext, config.optim, config.trainer.epochs)
+        trainer.fit(module, job.loader(config), ckpt_path=ckpt)
     return out

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +84,19 @@ def prepare_run(run: Path, config: Section, resume: bool, overwrite: bool) -> Pa
                           "choose another --out") from None
     dump_config(config, cfg_path)
     return None
+
+
+@contextmanager
+def run_folder(run: Path, config: Section, resume: bool, overwrite: bool
+               ) -> Iterator[Path | None]:
+    """:func:`prepare_run` for the block's training; a new run that stops in the block (an error,
+    Ctrl-C, SIGTERM) before its first checkpoint is removed, so that the same command can simply
+    be run again. A run with a checkpoint stays, to be continued with ``--resume``."""
+    ckpt = prepare_run(run, config, resume, overwrite)
+    fresh = not resume and not is_secondary_process()
+    try:
+        yield ckpt
+    except BaseException:
+        if fresh and not (run / LAST_CKPT).is_file():
+            shutil.rmtree(run, ignore_errors=True)
+        raise
