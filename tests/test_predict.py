@@ -148,6 +148,17 @@ def test_scene_without_georeferencing_still_predicts(geotiff_factory, models, tm
         assert out.crs is None and out.shape == (20, 30)
 
 
+def test_scene_with_a_transform_but_no_crs_warns(geotiff_factory, models, tmp_path) -> None:
+    from affine import Affine
+
+    grid = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 4_500_000.0)
+    scene = geotiff_factory("nocrs.tif", _pixels(20, 30, seed=3), crs=None, transform=grid)
+    with pytest.warns(UserWarning, match="has a geotransform but no CRS"):
+        predict_scene(scene, models["pixel"], tmp_path / "pred.tif")
+    with rasterio.open(tmp_path / "pred.tif") as out:
+        assert out.crs is None and out.transform == grid
+
+
 def test_writer_accepts_uneven_bands_across_block_rows(geotiff_factory, tmp_path) -> None:
     scene = geotiff_factory("scene.tif", np.zeros((1, 600, 40), dtype=np.uint8))
     classes = (np.arange(600 * 40).reshape(600, 40) % 5).astype(np.uint8)
@@ -234,6 +245,12 @@ def _bad_input(tmp_path: Path, geotiff_factory, models: dict[str, Path], case: s
     elif case == "output exists":
         out.parent.mkdir()
         out.write_text("")
+    elif case == "output is the scene":
+        out, extra = scene, ["--overwrite"]
+    elif case == "output not a tif":
+        out = out.with_suffix(".png")
+    elif case == "tile negative":
+        model, extra = models["unet"], ["--tile", -5]
     return ["predict", scene, "--model", model, "--out", out, *extra]
 
 
@@ -244,12 +261,16 @@ BAD_INPUTS = {
     "band count": "has 4 band\\(s\\) but model .* expects 3 \\(red, green, blue\\)",
     "not a bundle": "not a model bundle or corrupt",
     "truncated bundle": "not a model bundle or corrupt",
-    "tile multiple": "--tile 12 is not a multiple of 8, which unet/resnet18 needs.*--tile 8 or 16",
+    "tile multiple": "--tile 12 is not a positive multiple of 8, which unet/resnet18 needs"
+                     ".*--tile 8 or 16",
     "negative overlap": "--overlap -1 must be at least 0",
     "overlap too large": "--overlap 16 must be .* smaller than the tile",
     "batch size": "--batch-size 0",
     "output folder is a file": "is not a folder",
     "output exists": "already exists.*--overwrite",
+    "output is the scene": "--out .*scene.tif is also the input scene",
+    "output not a tif": "--out .*pred.png: rasters are written as Cloud-Optimized GeoTIFF",
+    "tile negative": "--tile -5 is not a positive multiple of 8.*--tile 32\\)",
 }
 
 
@@ -263,6 +284,24 @@ def test_bad_input_is_one_line_exit_1_and_no_output(case, tmp_path, geotiff_fact
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
     assert re.search(BAD_INPUTS[case], result.stderr), result.stderr
     assert set(tmp_path.rglob("*")) == before  # nothing written, not even temporary files
+
+
+def test_bands_are_taken_by_name_in_the_models_order(geotiff_factory, models, tmp_path,
+                                                      run_cli) -> None:
+    pixels = _pixels(30, 30, seed=8)
+    scene = geotiff_factory("rgb.tif", pixels, nodata=NODATA,
+                            descriptions=["red", "green", "blue"])
+    reversed_ = geotiff_factory("bgr.tif", pixels[::-1].copy(), nodata=NODATA,
+                                descriptions=["blue", "green", "red"])
+    results = [run_cli("predict", path, "--model", models["pixel"], "--out",
+                       tmp_path / f"{path.stem}_pred.tif") for path in (scene, reversed_)]
+    assert [r.exit_code for r in results] == [0, 0]
+    assert "Warning" not in results[0].stderr
+    assert "bands taken by name in the model's order (red, green, blue)" in results[1].stderr
+    with rasterio.open(tmp_path / "rgb_pred.tif") as a, \
+            rasterio.open(tmp_path / "bgr_pred.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+        np.testing.assert_array_equal(a.read(1), _reference(pixels))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")

@@ -264,6 +264,9 @@ def open_scene(path: str | Path, nodata: float | None = None,
         if not info.georeferenced:
             warnings.warn(f"{path} has no CRS/georeferencing; outputs will use pixel coordinates",
                           UserWarning, stacklevel=3)
+        elif info.crs is None:
+            warnings.warn(f"{path} has a geotransform but no CRS; outputs will have no CRS "
+                          "either (set one with gdal_edit.py -a_srs)", UserWarning, stacklevel=3)
         yield Scene(src, info, _parse_bands(bands, src.count, path))
     finally:
         src.close()

@@ -53,17 +53,21 @@ class OutputOptions:
         return {flag: Path(p) for flag, p in flags.items() if p is not None}
 
 
-def check_outputs(options: OutputOptions, out: Path, meta: BundleMeta, overwrite: bool) -> None:
-    """Refuse bad optional outputs before any pixel is predicted (one-line errors)."""
-    seen = {out.absolute(): "--out"}
-    for flag, path in options.paths.items():
-        if path.absolute() in seen:
-            raise ConfigError(f"{flag} {path} is also given as {seen[path.absolute()]}",
+def check_outputs(options: OutputOptions, out: Path, scene: Path, meta: BundleMeta,
+                  overwrite: bool) -> None:
+    """Refuse bad outputs before any pixel is predicted (one-line errors): names shared with
+    each other or with the input ``scene``, wrong extensions, existing files."""
+    outputs = {"--out": out, **options.paths}
+    seen = {scene.resolve(): "the input scene"}
+    for flag, path in outputs.items():
+        if path.resolve() in seen:
+            raise ConfigError(f"{flag} {path} is also {seen[path.resolve()]}",
                               "give each output its own name")
-        seen[path.absolute()] = flag
-        check_output(path, overwrite)
-    for flag in ("--confidence", "--probs"):
-        path = options.paths.get(flag)
+        seen[path.resolve()] = f"given as {flag}"
+        if flag != "--out":  # checked first, by predict_scene
+            check_output(path, overwrite)
+    for flag in ("--out", "--confidence", "--probs"):
+        path = outputs.get(flag)
         if path is not None and path.suffix.lower() not in (".tif", ".tiff"):
             raise ConfigError(f"{flag} {path}: rasters are written as Cloud-Optimized GeoTIFF",
                               "name it .tif")
@@ -95,7 +99,9 @@ class ExtraOutputs:
             conf[~band.valid] = 0
             self.confidence.write(band.row, conf)
         if self.probs is not None:
-            self.probs.write(band.row, np.rint(band.probs * 255).astype(np.uint8), band.valid)
+            probs = np.rint(band.probs * 255).astype(np.uint8)
+            probs[:, ~band.valid] = 0  # under the mask: zeros compress best
+            self.probs.write(band.row, probs, band.valid)
         if self.vector is not None:
             self.vector.add(band.row, class_ids)
         if self.thumbnail is not None:

@@ -13,6 +13,7 @@ published together, atomically.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,12 +94,12 @@ def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
     overlap = meta.overlap if options.overlap is None else options.overlap
     multiple = required_multiple(meta.model)
     _check_options(tile, overlap, options.batch_size, multiple, meta)
-    check_outputs(options.outputs, out, meta, options.overwrite)
+    check_outputs(options.outputs, out, Path(scene), meta, options.overwrite)
     device = resolve_device(options.device)
     check_runtime(options.runtime, device)
     with torch_threads(options.runtime.threads), bounded_gdal_cache(), \
             open_scene(scene, nodata=options.nodata) as src:
-        _check_bands(src, meta, Path(model))
+        src = _in_model_band_order(src, meta, Path(model))
         info, classes = src.info, meta.class_table()
         lay = layout(info.height, info.width, tile, overlap, multiple)
         runner = build_runner(net, meta, Path(model), device, options.runtime,
@@ -154,9 +155,9 @@ def _check_options(tile: int, overlap: int, batch_size: int | None, multiple: in
     name = f"{meta.model.arch}/{meta.model.encoder}"
     if tile < 1 or tile % multiple:
         lower = tile // multiple * multiple
-        near = " or ".join(str(t) for t in (lower, lower + multiple) if t > 0)
-        raise ConfigError(f"--tile {tile} is not a multiple of {multiple}, which {name} needs",
-                          f"use e.g. --tile {near}")
+        near = " or ".join(str(t) for t in (lower, lower + multiple) if t > 0) or str(meta.tile)
+        raise ConfigError(f"--tile {tile} is not a positive multiple of {multiple}, which {name} "
+                          "needs", f"use e.g. --tile {near}")
     if not 0 <= overlap < tile:
         raise ConfigError(f"--overlap {overlap} must be at least 0 and smaller than the tile "
                           f"({tile})", f"use e.g. --overlap {tile // 8}")
@@ -164,9 +165,18 @@ def _check_options(tile: int, overlap: int, batch_size: int | None, multiple: in
         raise ConfigError(f"--batch-size {batch_size} must be at least 1", "use e.g. 8")
 
 
-def _check_bands(scene: Scene, meta: BundleMeta, model: Path) -> None:
-    if scene.count != len(meta.bands):
-        expected = ", ".join(b.name for b in meta.bands)
+def _in_model_band_order(scene: Scene, meta: BundleMeta, model: Path) -> Scene:
+    """``scene`` with the model's band count, its bands reordered by name when its band
+    descriptions name the model's bands in another order (with a warning); otherwise as is."""
+    expected = [b.name for b in meta.bands]
+    if scene.count != len(expected):
         raise InputError(f"{scene.info.path} has {scene.count} band(s) but model {model} expects "
-                         f"{len(meta.bands)} ({expected})",
+                         f"{len(expected)} ({', '.join(expected)})",
                          "give a scene with the bands the model was trained on")
+    names = list(scene.band_names)
+    if names == expected or sorted(names) != sorted(expected) or len(set(names)) < len(names):
+        return scene
+    warnings.warn(f"{scene.info.path}: bands taken by name in the model's order "
+                  f"({', '.join(expected)}), not in file order ({', '.join(names)})",
+                  UserWarning, stacklevel=3)
+    return Scene(scene.src, scene.info, tuple(scene.bands[names.index(n)] for n in expected))
