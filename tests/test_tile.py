@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rasterio.windows import Window
 
-from rsseg.errors import InputError
+from rsseg.errors import InputError, Stopped
 from rsseg.io import raster
 from rsseg.io.tileset import load_tileset
 from rsseg.pipelines.tile import TileOptions, tile_scenes
@@ -353,3 +354,24 @@ def test_real_landsat_and_dubai_jpegs(shared_data, tmp_path):
     with pytest.warns(UserWarning, match="no CRS"):
         summary = tile_scenes(jpegs, tmp_path / "dubai", TileOptions(size=256))
     assert summary.written > 0 and summary.skipped == 0
+
+
+@pytest.mark.parametrize(("raised", "code", "message"), [
+    (MemoryError("Unable to allocate 55.9 GiB for an array"), 1,
+     "Error: not enough memory (Unable to allocate 55.9 GiB for an array); use smaller tiles"),
+    (Stopped(signal.SIGINT), 130, "Interrupted; no partial output was left.")])
+def test_out_of_memory_and_interrupts_are_one_line(geotiff_factory, tmp_path, run_cli,
+                                                   monkeypatch, raised, code, message) -> None:
+    """An allocation too large (e.g. ``--size 100000``) or Ctrl-C: one line, no traceback;
+    outside training, the interrupt message does not speak of --resume."""
+    import rsseg.cli.tile as command
+
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(command, "tile_scenes", fail)
+    scene = geotiff_factory("s.tif", _scene("uint8"), nodata=0)
+    result = run_cli("tile", scene, "--out", tmp_path / "t")
+    assert result.exit_code == code, result
+    assert result.stderr.startswith(message) and len(result.stderr.splitlines()) == 1
+    assert "--resume" not in result.stderr and not (tmp_path / "t").exists()

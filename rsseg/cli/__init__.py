@@ -39,8 +39,15 @@ for _name in _COMMAND_MODULES:
             raise
 
 
-_LEFT_BEHIND = ("no partial output was left; a training run keeps its last finished epoch "
-                "(continue it with --resume)")
+_TRAINING_COMMANDS = ("pretrain", "finetune")
+
+
+def _left_behind() -> str:
+    """What an interrupted command leaves: nothing partial; training adds how to continue."""
+    if not set(sys.argv[1:2]) & set(_TRAINING_COMMANDS):
+        return "no partial output was left"
+    return ("no partial output was left; a training run keeps its last finished epoch "
+            "(continue it with --resume)")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -63,12 +70,16 @@ def main() -> None:
         sys.exit(err.exit_code)
     except Stopped as stop:  # Ctrl-C or SIGTERM (stop_signals_raise: never a KeyboardInterrupt)
         name = "Interrupted" if stop.signum == signal.SIGINT else "Stopped by SIGTERM"
-        typer.echo(f"{name}; {_LEFT_BEHIND}.", err=True)
+        typer.echo(f"{name}; {_left_behind()}.", err=True)
         sys.exit(stop.exit_code)
     except RuntimeError as err:
         if "DataLoader worker" not in str(err):
             raise
         # e.g. `pkill -f "rsseg pretrain"` reaches the workers before this process
         typer.echo(f"Error: a data-loading worker stopped ({str(err).strip().rstrip('.')}); "
-                   f"{_LEFT_BEHIND}.", err=True)
+                   f"{_left_behind()}.", err=True)
+        sys.exit(1)
+    except MemoryError as err:  # e.g. an absurd --size: numpy names the allocation
+        typer.echo(f"Error: not enough memory ({str(err).strip() or 'allocation failed'}); "
+                   "use smaller tiles, windows or batches", err=True)
         sys.exit(1)
