@@ -210,6 +210,8 @@ def scan_tiles(folder: str | Path) -> list[Tile]:
     """Tiles of ``folder/images`` paired by stem with ``folder/labels`` masks, sorted by stem."""
     folder = Path(folder)
     images_dir, masks_dir = folder / "images", folder / "labels"
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder", "check the --tiles path")
     if not images_dir.is_dir():
         raise InputError(f"{folder}: no images/ subfolder",
                          "lay tiles out as images/NAME.tif and labels/NAME.png")

@@ -264,6 +264,10 @@ def test_tile_masks_read_as_sparse_labels(tile_folder) -> None:
     write_png(tile_folder / "labels" / "stray.png", np.zeros((6, 8), np.uint8))
     with pytest.raises(InputError, match="without an image"):
         scan_tiles(tile_folder)
+    with pytest.raises(InputError, match="nope: no such folder"):
+        scan_tiles(tile_folder / "nope")
+    with pytest.raises(InputError, match="no images/ subfolder"):
+        scan_tiles(tile_folder / "labels")
 
 
 # --- the real North Carolina and Dubai labels -----------------------------------------------

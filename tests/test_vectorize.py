@@ -165,13 +165,15 @@ BAD = {
                           r"--simplify -0.5 must be 0 or more"),
     "float raster": (["--out", "{tmp}/p.gpkg"], r"holds float32 values, not class ids"),
     "missing raster": (["--out", "{tmp}/p.gpkg"], r"no such file"),
+    "multiband image": (["--out", "{tmp}/p.gpkg"], r"has 3 bands, not one band of class ids"),
 }
 
 
 @pytest.mark.parametrize("case", BAD)
 def test_vectorize_bad_input(case, tmp_path, geotiff_factory, run_cli) -> None:
     args, message = BAD[case]
-    raster = geotiff_factory("r.tif", np.zeros((4, 4), dtype=np.float32 if case == "float raster"
+    shape = (3, 4, 4) if case == "multiband image" else (4, 4)
+    raster = geotiff_factory("r.tif", np.zeros(shape, dtype=np.float32 if case == "float raster"
                                                else np.uint8))
     if case == "missing raster":
         raster = tmp_path / "nope.tif"

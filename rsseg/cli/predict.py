@@ -99,7 +99,7 @@ def predict(
                                 progress=lambda done, total: bar.update(task, completed=done,
                                                                         total=total))
     typer.echo(f"Wrote {summary.out} ({summary.width}x{summary.height} px, {summary.windows} "
-               f"windows) in {summary.seconds:.1f} s, {summary.mpx_per_s:.2f} Mpx/s")
+               f"windows) in {summary.seconds:.1f} s, {summary.mpx_per_s:.3g} Mpx/s")
     extra = [p for p in summary.outputs if p != summary.out]
     if extra:
         typer.echo("Also wrote " + ", ".join(str(p) for p in extra))

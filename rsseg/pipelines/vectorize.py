@@ -117,6 +117,9 @@ def vectorize_raster(raster: str | Path, out: str | Path,
     """
     check_vector_options(out, options, "--out")
     with open_scene(raster) as scene:
+        if scene.count != 1:
+            raise ConfigError(f"{raster} has {scene.count} bands, not one band of class ids",
+                              "give a single-band class raster such as rsseg predict's")
         if not np.issubdtype(np.dtype(scene.info.dtype), np.integer):
             raise ConfigError(f"{raster} holds {scene.info.dtype} values, not class ids",
                               "give a class raster (integer values) such as rsseg predict's")
