@@ -127,6 +127,8 @@ def write_polygons(path: Path, geoms: np.ndarray, columns: Mapping[str, np.ndarr
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # pyogrio: temporary file names
+            # without a CRS the scene's own warning has said so; geopandas would repeat it
+            warnings.filterwarnings("ignore", message=".*'crs' was not provided.*")
             if driver == "Parquet":
                 Path(path).unlink(missing_ok=True)
                 frame.to_parquet(path, index=False)
