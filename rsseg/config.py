@@ -94,8 +94,9 @@ class FinetuneData(Section):
     # normalised units (radiometric augmentation, safe for any band count; 0 = off).
     balance: float = Field(0.0, ge=0, le=1)
     jitter: float = Field(0.0, ge=0, le=1)
-    # Probability that one random band of a training crop reads as nodata while the others stay
-    # valid (a band's footprint ending before the others', e.g. Landsat-7 band 7); 0 = off.
+    # Probability that one random band of a training crop is missing (at its mean, as a band's
+    # nodata enters) while the others stay valid (a band's footprint ending before the others',
+    # e.g. Landsat-7 band 7); 0 = off.
     band_dropout: float = Field(0.0, ge=0, le=1)
 
 
