@@ -64,7 +64,7 @@ def main() -> None:
         with stop_signals_raise():
             # standalone: Typer prints usage errors itself (one line + usage, exit 2), whichever
             # click it bundles; exceptions of our own pass through
-            app(standalone_mode=True)
+            app(standalone_mode=True, prog_name="rsseg")
     except RssegError as err:
         typer.echo(f"Error: {err}", err=True)
         sys.exit(err.exit_code)
