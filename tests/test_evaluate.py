@@ -84,6 +84,22 @@ def test_table_output_names_classes_from_the_prediction(pair, run_cli) -> None:
     assert doc["classes"][1] == {"id": 2, "name": "water", "color": [0, 0, 255]}
 
 
+def test_classes_that_rename_the_predictions_ids_are_warned_about(pair, tmp_path,
+                                                                   run_cli) -> None:
+    pred_path, ref_path, _, _ = pair
+    with rasterio.open(pred_path, "r+") as dst:
+        dst.update_tags(CLASSES=json.dumps([{"id": 1, "name": "forest"},
+                                            {"id": 2, "name": "water"}]))
+    same, swapped = tmp_path / "same.csv", tmp_path / "swapped.csv"
+    same.write_text("id,name\n1,Forest\n2,water\n3,urban\n")
+    swapped.write_text("id,name\n1,water\n2,forest\n")
+    assert "Warning" not in run_cli("evaluate", pred_path, ref_path, "--classes", same).stderr
+    warned = run_cli("evaluate", pred_path, ref_path, "--classes", swapped)
+    assert warned.exit_code == 0
+    assert "id 1: 'water' in --classes, 'forest' in" in warned.stderr
+    assert "id 2: 'forest' in --classes, 'water' in" in warned.stderr
+
+
 def test_gdal_category_names_and_classes_file(pair, tmp_path, run_cli) -> None:
     pred_path, ref_path, _, _ = pair
     Path(f"{ref_path}.aux.xml").write_text(

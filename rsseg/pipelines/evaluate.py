@@ -6,6 +6,7 @@ either, and (with ``exclude``) is not labelled in the exclude raster, e.g. the t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -70,7 +71,10 @@ def evaluate(pred: str | Path, reference: str | Path, ignore: Iterable[int] = ()
         for scene in (p, r):
             _check_single_band(scene.info)
         check_same_grid(p.info, r.info, "resample the prediction onto the reference grid")
-        names_from = classes or raster_classes(p) or raster_classes(r)
+        carried = raster_classes(p)
+        if classes is not None and carried is not None:
+            _warn_renamed(classes, carried, pred)
+        names_from = classes or carried or raster_classes(r)
         with open_scene(exclude) if exclude is not None else nullcontext() as x:
             if x is not None:
                 check_same_grid(p.info, x.info, "give an exclude raster on the prediction grid")
@@ -95,6 +99,19 @@ def evaluate(pred: str | Path, reference: str | Path, ignore: Iterable[int] = ()
     colors_of = {c.id: c.color for c in names_from.classes} if names_from else {}
     colors = tuple(colors_of.get(i, default_color(i)) for i in scores.class_ids)
     return Evaluation(pred, reference, scores, names, colors, excluded)
+
+
+def _warn_renamed(given: ClassTable, carried: ClassTable, pred: Path) -> None:
+    """Warn when ``--classes`` names an id otherwise than the prediction itself does: the two
+    number their classes differently, and the scores would compare unrelated classes."""
+    theirs = {c.id: c.name for c in carried.classes}
+    clashes = [f"id {c.id}: {c.name!r} in --classes, {theirs[c.id]!r} in {pred.name}"
+               for c in given.classes
+               if c.id in theirs and c.name.casefold() != theirs[c.id].casefold()]
+    if clashes:
+        warnings.warn(f"--classes and the prediction name ids differently ({'; '.join(clashes[:3])}"
+                      f"{'; ...' if len(clashes) > 3 else ''}); check that they number the same "
+                      "classes", UserWarning, stacklevel=3)
 
 
 def _check_single_band(info: SceneInfo) -> None:
