@@ -156,3 +156,26 @@ def test_nc_dense_map_against_itself_and_the_sparse_pixels(shared_data, run_cli)
     assert doc["pixels"] == 2872 and doc["oa"] == pytest.approx(0.995, abs=0.001)
     doc = json.loads(run_cli("evaluate", dense, dense, "--json", "--exclude", sparse).stdout)
     assert doc["excluded"] == 2872
+
+
+def test_partial_nodata_tool_scores_partial_and_complete_pixels_apart(geotiff_factory) -> None:
+    """tools/eval_partial_nodata.py: pixels missing one band vs complete ones, test area only."""
+    import importlib.util
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "eval_partial_nodata.py"
+    spec = importlib.util.spec_from_file_location("eval_partial_nodata", tool)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pixels = np.full((2, 4, 6), 9, dtype=np.uint8)
+    pixels[1, :, :2] = 0  # band 2 missing in the first two columns
+    pixels[:, 0, :] = 0  # row 0: nodata in every band
+    ref = np.tile(np.array([1, 2, 1, 2, 1, 2], dtype=np.uint8), (4, 1))
+    pred = ref.copy()
+    pred[:, 0] = 2  # wrong on half of the partial pixels
+    paths = [geotiff_factory("pred.tif", pred, nodata=255),
+             geotiff_factory("scene.tif", pixels, nodata=0),
+             geotiff_factory("ref.tif", ref, nodata=255)]
+    result = module.scores(*paths)
+    assert result["partial"]["pixels"] == 6 and result["partial"]["oa"] == pytest.approx(0.5)
+    assert result["complete"]["pixels"] == 12 and result["complete"]["oa"] == 1.0
+    assert module.scores(*paths, min_col=2)["partial"]["pixels"] == 0
