@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from rsseg.inference.fold_bn import fold_batchnorm
+from rsseg.inference.runtime import TorchRunner
 from rsseg.models.factory import ARCHITECTURES, ModelSpec, build_model
 
 
@@ -40,6 +41,9 @@ def test_folded_model_gives_the_same_logits(arch: str) -> None:
     with torch.inference_mode():
         expected = net(x)
         assert torch.allclose(folded(x), expected, atol=1e-4 * float(expected.abs().max()))
+    # as predict runs it: folded, then channels-last, then called under inference mode
+    runner = TorchRunner(net, torch.device("cpu"), "fp32", (4, 64, 64))
+    assert torch.allclose(runner(x.numpy()), expected, atol=1e-4 * float(expected.abs().max()))
 
 
 def test_resnet_unet_has_no_batchnorm_left() -> None:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the folded weights must stay usable outside it
 def fold_batchnorm(net: nn.Module, probe: torch.Tensor) -> nn.Module:
     """``net`` (eval mode) with every conv→BN pair folded, or ``net`` itself when there is none
     or the folded model's logits on ``probe`` ``(B, C, H, W)`` differ. ``net`` is not changed."""
