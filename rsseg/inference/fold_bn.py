@@ -23,7 +23,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 def fold_batchnorm(net: nn.Module, probe: torch.Tensor) -> nn.Module:
     """``net`` (eval mode) with every conv→BN pair folded, or ``net`` itself when there is none
     or the folded model's logits on ``probe`` ``(B, C, H, W)`` differ. ``net`` is not changed."""
-    pairs = _conv_bn_pairs(net, probe)
+    pairs, expected = _conv_bn_pairs(net, probe)
     if not pairs:
         return net
     folded = copy.deepcopy(net)
@@ -31,16 +31,16 @@ def fold_batchnorm(net: nn.Module, probe: torch.Tensor) -> nn.Module:
     for conv_name, bn_name in pairs:
         _replace(folded, conv_name, fuse_conv_bn_eval(modules[conv_name], modules[bn_name]))
         _replace(folded, bn_name, nn.Identity())
-    expected = net(probe)
     tolerance = 1e-4 * max(1.0, float(expected.abs().max()))
     if not torch.allclose(folded(probe), expected, rtol=0, atol=tolerance):
         return net
     return folded
 
 
-def _conv_bn_pairs(net: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
-    """Names ``(conv, bn)`` of the pairs where the BN reads the conv's output tensor; modules
-    that run more than once (shared) are left alone."""
+def _conv_bn_pairs(net: nn.Module, probe: torch.Tensor
+                   ) -> tuple[list[tuple[str, str]], torch.Tensor]:
+    """Names ``(conv, bn)`` of the pairs where the BN reads the conv's output tensor (modules
+    that run more than once, shared, are left alone), and ``net``'s logits on ``probe``."""
     # id of a conv's output -> (conv's name, the tensor, kept alive so that no id is reused)
     outputs: dict[int, tuple[str, torch.Tensor]] = {}
     calls: dict[str, int] = {}
@@ -58,11 +58,11 @@ def _conv_bn_pairs(net: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]
     handles = [module.register_forward_hook(hook(name)) for name, module in net.named_modules()
                if type(module) in (nn.Conv2d, nn.BatchNorm2d)]
     try:
-        net(probe)
+        logits = net(probe)
     finally:
         for handle in handles:
             handle.remove()
-    return [(conv, bn) for conv, bn in pairs if calls[conv] == 1 and calls[bn] == 1]
+    return [(conv, bn) for conv, bn in pairs if calls[conv] == 1 and calls[bn] == 1], logits
 
 
 def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
