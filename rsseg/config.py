@@ -6,6 +6,8 @@ Unknown keys and out-of-range values raise :class:`ConfigError` naming the key.
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -18,6 +20,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from rsseg.errors import ConfigError, InputError
 
@@ -45,6 +48,52 @@ class OptimConfig(Section):
     gamma: float = Field(0.98, gt=0, le=1)  # exponential decay per epoch
 
 
+DURATION_FORMS = "90s, 45m, 2h, 1h30m, 1:30:00 or plain seconds"
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+_UNITS = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s)?")
+_CLOCK = re.compile(r"(?:(\d+):)?(\d+):([0-5]\d(?:\.\d*)?)")  # h:mm:ss or m:ss
+
+
+def _duration_problem(value: Any) -> tuple[float | None, str]:
+    """``(seconds, "")`` or ``(None, what is wrong)`` for :func:`parse_duration`."""
+    text = str(value).strip().lower().replace(" ", "")
+    seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif _NUMBER.fullmatch(text):
+        seconds = float(text)
+    elif (units := _UNITS.fullmatch(text)) and any(units.groups()):
+        seconds = sum(float(g or 0) * f for g, f in zip(units.groups(), (3600, 60, 1),
+                                                           strict=True))
+    elif clock := _CLOCK.fullmatch(text):
+        h, m, s = clock.groups()
+        seconds = int(h or 0) * 3600 + int(m) * 60 + float(s)
+    if seconds is None:
+        return None, f"{value!r} is not a duration (use e.g. {DURATION_FORMS})"
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None, f"{value!r} must be a positive duration (use e.g. {DURATION_FORMS})"
+    return seconds, ""
+
+
+def parse_duration(value: str | float, name: str = "--max-time") -> float:
+    """Seconds from ``90s``, ``45m``, ``2h``, ``1h30m``, ``1:30:00`` (h:mm:ss), ``5:00``
+    (m:ss) or plain seconds; an :class:`InputError` naming ``name`` and the forms otherwise."""
+    seconds, problem = _duration_problem(value)
+    if seconds is None:
+        raise InputError(f"{name} {problem}")
+    return seconds
+
+
+def _duration(value: Any) -> Any:
+    """BeforeValidator of ``trainer.max_time``: the forms of :func:`parse_duration`."""
+    if value is None:
+        return None
+    seconds, problem = _duration_problem(value)
+    if seconds is None:
+        raise PydanticCustomError("duration", problem)  # no context: the text is not formatted
+    return seconds
+
+
 class TrainerConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -58,6 +107,9 @@ class TrainerConfig(Section):
     seed: int = 0
     steps_per_epoch: int | None = Field(None, ge=1)  # None: one pass over the data
     log_every_n_steps: int = Field(10, ge=1)
+    # Wall-clock budget in seconds (also "45m", "2h", "1:30:00"): training stops there with a
+    # checkpoint and the LR schedule completes by then; epochs stays an upper bound. None: off.
+    max_time: Annotated[float | None, BeforeValidator(_duration)] = None
 
 
 class PretrainData(Section):

@@ -1,5 +1,5 @@
-"""DCC (METHODS.md §9): the matching distance and joint loss against naive code, warm-up, and
-``rsseg condense`` → ``rsseg finetune --tiles`` end to end."""
+"""DCC (docs/methods.md, "DCC"): the matching distance and joint loss against naive code,
+warm-up, and ``rsseg condense`` → ``rsseg finetune --tiles`` end to end."""
 
 from __future__ import annotations
 

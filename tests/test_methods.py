@@ -1,4 +1,4 @@
-"""The digest's pretexts (METHODS.md §3–6) against naive reference implementations.
+"""The alternate pretexts (docs/methods.md) against naive reference implementations.
 
 Losses are checked against plain Python loops; each pretext's forward against a naive
 recomputation from the model's features; plus the bad inputs each method must refuse.

@@ -1,4 +1,4 @@
-"""The contract every registered pretext keeps (DESIGN.md "Tests").
+"""The contract every registered pretext keeps (ARCHITECTURE.md, "Adding a method").
 
 For each name in the registry: it builds from its ``configs/pretrain_<name>_cpu.yaml`` (sizes
 shrunk to 64 px views), its own sampler turns real tiles (the NC Landsat scene in

@@ -1,6 +1,6 @@
-"""Multi-domain fine-tuning (METHODS.md §8): loss against a naive loop, domain BN and heads,
-bundles per domain, ``predict --domain``, bad input; and the contract every registered
-fine-tuning regularizer keeps (supcon, multidomain, ...)."""
+"""Multi-domain fine-tuning (docs/methods.md, "Multi-domain"): loss against a naive loop,
+domain BN and heads, bundles per domain, ``predict --domain``, bad input; and the contract
+every registered fine-tuning regularizer keeps (supcon, multidomain, ...)."""
 
 from __future__ import annotations
 

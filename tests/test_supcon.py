@@ -1,4 +1,5 @@
-"""SupCon (METHODS.md §7): the loss against a naive loop, anchor sampling, bank, fine-tuning."""
+"""SupCon (docs/methods.md, "SupCon"): the loss against a naive loop, anchor sampling, bank,
+fine-tuning."""
 
 from __future__ import annotations
 

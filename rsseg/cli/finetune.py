@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from rsseg.cli import app
-from rsseg.config import FinetuneConfig, load_config
+from rsseg.config import FinetuneConfig, load_config, parse_duration
 
 
 @app.command()
@@ -31,7 +31,11 @@ def finetune(
                                      "see `rsseg methods`) [config: regularizers]."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: key=value."),
-    epochs: int | None = typer.Option(None, help="Epochs [config: trainer.epochs]."),
+    epochs: int | None = typer.Option(None, help="Epochs [config: trainer.epochs]; with "
+                                      "--max-time an upper bound."),
+    max_time: str | None = typer.Option(
+        None, help="Wall-clock budget: 90s, 45m, 2h, 1:30:00 or seconds; training stops there "
+                   "with a checkpoint and the LR schedule ends there [config: trainer.max_time]."),
     batch_size: int | None = typer.Option(None, help="Batch size [config: trainer.batch_size]."),
     device: str | None = typer.Option(None, help="auto|cpu|cuda [config: trainer.accelerator]."),
     precision: str | None = typer.Option(None, help="32-true|bf16-mixed|16-mixed."),
@@ -44,7 +48,8 @@ def finetune(
     cfg = load_config(FinetuneConfig, config, set_, flags={
         "trainer.epochs": epochs, "trainer.batch_size": batch_size, "trainer.seed": seed,
         "trainer.accelerator": device, "trainer.precision": precision,
-        "data.label_fraction": label_fraction})
+        "data.label_fraction": label_fraction,
+        "trainer.max_time": parse_duration(max_time) if max_time is not None else None})
     bundle = run_finetune(out, cfg, scenes=scene, tiles=tiles or None, labels=labels,
                           label_column=label_column, classes_file=classes, nodata=nodata,
                           init=init, methods=method, resume=resume, overwrite=overwrite)

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from rsseg.cli import app
-from rsseg.config import PretrainConfig, load_config
+from rsseg.config import PretrainConfig, load_config, parse_duration
 
 
 @app.command()
@@ -27,7 +27,11 @@ def pretrain(
                  "e.g. --method glcnet --method claws (or adversarial)."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: key=value."),
-    epochs: int | None = typer.Option(None, help="Epochs [config: trainer.epochs]."),
+    epochs: int | None = typer.Option(None, help="Epochs [config: trainer.epochs]; with "
+                                      "--max-time an upper bound."),
+    max_time: str | None = typer.Option(
+        None, help="Wall-clock budget: 90s, 45m, 2h, 1:30:00 or seconds; training stops there "
+                   "with a checkpoint and the LR schedule ends there [config: trainer.max_time]."),
     batch_size: int | None = typer.Option(None, help="Batch size [config: trainer.batch_size]."),
     device: str | None = typer.Option(None, help="auto|cpu|cuda [config: trainer.accelerator]."),
     devices: int | None = typer.Option(None, help="Processes/GPUs per node (DDP when > 1)."),
@@ -49,8 +53,16 @@ def pretrain(
     cfg = load_config(PretrainConfig, config, set_, flags={
         **flags, "trainer.epochs": epochs, "trainer.batch_size": batch_size,
         "trainer.accelerator": device, "trainer.devices": devices,
-        "trainer.num_nodes": num_nodes, "trainer.precision": precision})
+        "trainer.num_nodes": num_nodes, "trainer.precision": precision,
+        "trainer.max_time": parse_duration(max_time) if max_time is not None else None})
     run = run_pretrain(tiles, out, cfg, resume=resume, overwrite=overwrite)
     label = pretext_label(cfg.pretext.name, cfg.pretext.params)
-    typer.echo(f"Pretrained {label} for {cfg.trainer.epochs} epochs: "
+    epochs = f"{cfg.trainer.epochs} epochs"
+    if cfg.trainer.max_time:  # the budget may have ended the run before its last epoch
+        from rsseg.models.backbone import read_backbone
+        from rsseg.training.engine import format_duration
+
+        epochs = (f"{read_backbone(run)[1].epochs} epochs (budget "
+                  f"{format_duration(cfg.trainer.max_time)})")
+    typer.echo(f"Pretrained {label} for {epochs}: "
                f"{run}/backbone.safetensors (log {run}/metrics.csv, plot {run}/loss.png)")

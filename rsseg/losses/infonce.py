@@ -1,4 +1,4 @@
-"""InfoNCE variants of the digest's pretexts (METHODS.md §3–6), each a plain function.
+"""InfoNCE variants of the alternate pretexts (docs/methods.md), each a plain function.
 
 Every function L2-normalises its embeddings inside (where it says so), computes in float32 even
 under mixed precision and returns a scalar mean over anchors. ``s(a, b) = exp(â·b̂ / τ)``.

@@ -1,7 +1,7 @@
-"""``rsseg condense``: labelled tiles or scene → a small synthetic tile set (DCC, METHODS.md §9).
+"""``rsseg condense``: labelled tiles or scene → a small synthetic tile set (DCC).
 
-The algorithm and its settings are in :mod:`rsseg.regularizers.dcc`. Output folder (what
-``rsseg finetune --tiles`` reads)::
+The algorithm and its settings are in :mod:`rsseg.regularizers.dcc` (specified in
+docs/methods.md, "DCC"). Output folder (what ``rsseg finetune --tiles`` reads)::
 
     OUT/images/syn_<id>_<k>.tif   float32 synthetic tiles, the real data's radiometry
     OUT/labels/syn_<id>_<k>.tif   uint8 label maps (class ids, 255 unlabelled)

@@ -1,4 +1,4 @@
-"""SimCLR on GLCNet's views: the instance-contrast control (METHODS §2).
+"""SimCLR on GLCNet's views: the instance-contrast control (docs/methods.md, "SimCLR").
 
 Chen, Kornblith, Norouzi, Hinton, "A Simple Framework for Contrastive Learning of Visual
 Representations", ICML 2020; as the GLCNet paper runs it: same two-view pipeline, global average

@@ -1,4 +1,4 @@
-"""DCC: dataset condensation with contrastive signals, for segmentation (METHODS.md §9).
+"""DCC: dataset condensation with contrastive signals, for segmentation (docs/methods.md, "DCC").
 
 Lee, Chun, Jung, Yun, Yoon, "Dataset Condensation with Contrastive Signals", ICML 2022
 (code: Saehyung-Lee/DCC), building on Zhao, Mopuri, Bilen, "Dataset Condensation with Gradient

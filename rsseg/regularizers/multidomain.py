@@ -2,7 +2,7 @@
 
 Boutillon et al., "Multi-task, multi-domain deep segmentation with shared representations and
 contrastive regularization for sparse pediatric datasets", MICCAI 2021 (arXiv 2105.10310; no
-official code). METHODS.md §8.
+official code). docs/methods.md, "Multi-domain".
 
 One model trains on several labelled datasets ("domains": sensors, cities, label sets) at once:
 

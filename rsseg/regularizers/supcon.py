@@ -1,4 +1,4 @@
-"""SupCon: pixel-level supervised contrast on labelled pixels (METHODS.md §7).
+"""SupCon: pixel-level supervised contrast on labelled pixels (docs/methods.md, "SupCon").
 
 References: Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020 (the loss); Chen,
 Zhuang, Chang, "SuperCon: Supervised contrastive learning for imbalanced skin lesion

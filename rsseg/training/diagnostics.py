@@ -1,4 +1,4 @@
-"""Collapse diagnostic during pretraining (DirectCLR, Jing et al. ICLR 2022; METHODS.md §3).
+"""Collapse diagnostic during pretraining (DirectCLR; docs/methods.md, "Collapse diagnostic").
 
 Each epoch, embed a fixed sample of tiles with the pretext's ``embed`` (global vectors and
 sampled decoder pixels), and record the singular-value spectrum and effective rank

@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from rsseg.config import OptimConfig, SupervisedLoss
 from rsseg.regularizers.base import Regularizer, SegPart, SegStep, Stage, capture
-from rsseg.training.engine import optimizer_and_schedule
+from rsseg.training.engine import optimizer_and_schedule, schedule_clock
 
 
 class PretrainModule(L.LightningModule):
@@ -46,7 +46,8 @@ class PretrainModule(L.LightningModule):
         self.pretext.on_epoch_start(self.current_epoch, self.model)
 
     def configure_optimizers(self) -> dict:
-        return optimizer_and_schedule(self.parameters(), self.optim, self.epochs)
+        return optimizer_and_schedule(self.parameters(), self.optim, self.epochs,
+                                      schedule_clock(self))
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
@@ -237,11 +238,11 @@ class SegmentationModule(L.LightningModule):
         params = [p for name, p in self.named_parameters() if not name.startswith("ema_model.")]
         encoder = set(map(id, _encoder_parameters(self.model)))
         if self.encoder_lr_scale == 1 or not encoder:
-            return optimizer_and_schedule(params, self.optim, self.epochs)
+            return optimizer_and_schedule(params, self.optim, self.epochs, schedule_clock(self))
         groups = [{"params": [p for p in params if id(p) in encoder],
                    "lr": self.optim.lr * self.encoder_lr_scale},
                   {"params": [p for p in params if id(p) not in encoder]}]
-        return optimizer_and_schedule(groups, self.optim, self.epochs)
+        return optimizer_and_schedule(groups, self.optim, self.epochs, schedule_clock(self))
 
     def _freeze_body(self, freeze: bool) -> None:
         """``freeze``: only the segmentation head(s) learn, the rest is frozen with its

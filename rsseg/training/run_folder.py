@@ -23,7 +23,7 @@ from rsseg.config import Section, dump_config
 from rsseg.errors import ConfigError, InputError, OutputError
 
 LAST_CKPT = "checkpoints/last.ckpt"
-RESUMABLE_KEYS = {"trainer.epochs"}  # may change when resuming (train longer)
+RESUMABLE_KEYS = {"trainer.epochs", "trainer.max_time"}  # may change when resuming (train longer)
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
