@@ -185,8 +185,8 @@ def test_registry_and_config_errors() -> None:
         get_pretext("glcnet", model, patchsize=3)
     with pytest.raises(ConfigError, match=r"lam=1.5.*allowed: 0 ≤ x ≤ 1"):
         get_pretext("glcnet", model, lam=1.5)
-    with pytest.raises(ConfigError, match=r"unknown config key 'views\.hue'"):
-        get_pretext("glcnet", model, views={"hue": 0.1})
+    with pytest.raises(ConfigError, match=r"unknown config key 'views\.hues'"):
+        get_pretext("glcnet", model, views={"hues": 0.1})
     with pytest.raises(ConfigError, match="exceeds view_size"):
         get_pretext("glcnet", model, view_size=64, patch_size=96)
     GLCNet.check_data({"two_views", "labels"})

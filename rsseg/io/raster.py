@@ -238,6 +238,10 @@ def _parse_bands(bands: Sequence[int] | None, count: int, path: Path) -> tuple[i
     return tuple(int(b) for b in bands)
 
 
+class NoGeoreferencing(UserWarning):
+    """A raster without CRS or geotransform (PNG/JPEG tiles): opened in pixel coordinates."""
+
+
 @contextmanager
 def open_scene(path: str | Path, nodata: float | None = None,
                bands: Sequence[int] | None = None) -> Iterator[Scene]:
@@ -263,7 +267,7 @@ def open_scene(path: str | Path, nodata: float | None = None,
         _check_nodata(info)
         if not info.georeferenced:
             warnings.warn(f"{path} has no CRS/georeferencing; outputs will use pixel coordinates",
-                          UserWarning, stacklevel=3)
+                          NoGeoreferencing, stacklevel=3)
         elif info.crs is None:
             warnings.warn(f"{path} has a geotransform but no CRS; outputs will have no CRS "
                           "either (set one with gdal_edit.py -a_srs)", UserWarning, stacklevel=3)

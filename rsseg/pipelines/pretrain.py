@@ -51,6 +51,15 @@ class ExportBackbone(Callback):
             export_backbone(module.model, meta, self.run)
 
 
+def data_info(tileset: TileSet) -> DataInfo:
+    """Band names, normalisation and "white" (255 for 8-bit tiles, else p98) of a tile set."""
+    eight_bit = tileset.dtype == "uint8"
+    white = tuple(255.0 if eight_bit else float(s.p98 if s.p98 is not None else (s.max or 1.0))
+                  for s in tileset.stats)
+    return DataInfo(tileset.band_names, tuple(map(float, tileset.mean)),
+                    tuple(map(float, tileset.std)), white, eight_bit)
+
+
 def diagnostic_images(dataset: PretrainTiles, count: int, size: int) -> torch.Tensor:
     """A fixed, evenly spaced sample of tiles, centre-cropped to ``size``: ``(N, C, S, S)``."""
     picks = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int)
@@ -105,8 +114,7 @@ def build_pretraining(tiles_dir: str | Path, config: PretrainConfig) -> Pretrain
         params.setdefault("view_size", size)
     pretext = get_pretext(config.pretext.name, model, **params)
     pretext.check_data({"two_views"})
-    pretext.bind_data(DataInfo(tileset.band_names, tuple(map(float, tileset.mean)),
-                               tuple(map(float, tileset.std))))
+    pretext.bind_data(data_info(tileset))
     dataset = PretrainTiles(tileset.paths, tileset.mean, tileset.std, tileset.nodata,
                             pretext.sampler())
     return Pretraining(spec, model, pretext, dataset, tileset)

@@ -48,6 +48,7 @@ from rsseg.pretexts.base import (
 from rsseg.pretexts.features import global_features
 from rsseg.pretexts.views import (
     MatchedViewSampler,
+    Radiometry,
     TwoViewSampler,
     ViewConfig,
     make_view_pair,
@@ -77,10 +78,11 @@ class AdversarialSampler:
     views: ViewConfig = field(default_factory=ViewConfig)
     patch_size: int | None = None
     patch_num: int | None = None
+    radiometry: Radiometry | None = None
 
     def __call__(self, tile: np.ndarray, rng: np.random.Generator,
                  valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        t = make_view_pair(tile, rng, self.size, self.views, valid)
+        t = make_view_pair(tile, rng, self.size, self.views, valid, self.radiometry)
         item = {"view1": t.view1, "view2": t.view2, "view0": t.view0}
         if self.patch_size is not None and self.patch_num is not None:
             item["patches"] = sample_patches(t.index1, t.index2, self.patch_size,
@@ -134,10 +136,10 @@ class Adversarial(Pretext):
         return self.base.embed(images, model)
 
     def sampler(self) -> AdversarialSampler:
-        s = self._base_sampler
+        s = self.base.sampler()  # after bind_data: with the tiles' radiometry
         if isinstance(s, MatchedViewSampler):
-            return AdversarialSampler(s.size, s.views, s.patch_size, s.patch_num)
-        return AdversarialSampler(s.size, s.views)
+            return AdversarialSampler(s.size, s.views, s.patch_size, s.patch_num, s.radiometry)
+        return AdversarialSampler(s.size, s.views, radiometry=s.radiometry)
 
     def attack(self, batch: Mapping[str, Tensor], model: nn.Module) -> Tensor:
         """PGD view ``x0 + δ`` ``(B, C, S, S)`` maximising the base loss; model frozen, eval."""

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from rsseg.errors import ConfigError
 from rsseg.pretexts.features import extract_features
+from rsseg.pretexts.views import Radiometry
 
 DATA_NEEDS = frozenset({"two_views", "labels", "domains"})
 KINDS = ("pretext", "regularizer", "tool")
@@ -63,10 +64,17 @@ class DataInfo:
     band_names: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    white: tuple[float, ...] | None = None  # per band: 255 for 8-bit data, else its p98
+    eight_bit: bool = False
 
     def __post_init__(self) -> None:
         if not len(self.band_names) == len(self.mean) == len(self.std):
             raise ValueError("DataInfo needs one name, mean and std per band")
+
+    def radiometry(self) -> Radiometry:
+        """What the views' photometric change needs to work on raw values."""
+        white = self.white or tuple(m + 2 * s for m, s in zip(self.mean, self.std, strict=True))
+        return Radiometry.of_bands(self.band_names, self.mean, self.std, white, self.eight_bit)
 
 
 class Sampler(Protocol):
@@ -123,6 +131,7 @@ class Pretext(nn.Module, ABC):
     def __init__(self, config: PretextConfig) -> None:
         super().__init__()
         self.config = config
+        self.radiometry: Radiometry | None = None  # set by bind_data
 
     @classmethod
     def check_data(cls, available: Collection[str]) -> None:
@@ -143,10 +152,12 @@ class Pretext(nn.Module, ABC):
         """Hook before each epoch; pretexts with per-epoch work override it."""
 
     def bind_data(self, info: DataInfo) -> None:
-        """Hook before ``sampler()``: the tiles' band names and normalisation (default: unused).
+        """Hook before ``sampler()``: the tiles' band names and normalisation (default: keep the
+        radiometry that view samplers need to change colours on raw values).
 
         Raises ``ConfigError`` when the data cannot serve the config (e.g. a missing band).
         """
+        self.radiometry = info.radiometry()
 
     @torch.no_grad()
     def embed(self, images: Tensor, model: nn.Module) -> dict[str, Tensor]:

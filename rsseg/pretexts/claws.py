@@ -62,6 +62,7 @@ from rsseg.pretexts.clustering import EmbeddingBank, kmeans
 from rsseg.pretexts.features import feature_channels, global_features
 from rsseg.pretexts.views import (
     MatchedViewSampler,
+    Radiometry,
     TwoViewSampler,
     ViewConfig,
     make_view_pair,
@@ -130,6 +131,7 @@ class MaskedViewSampler:
     min_fraction: float = 0.01
     patch_size: int | None = None
     patch_num: int | None = None
+    radiometry: Radiometry | None = None
 
     def tile_mask(self, tile: np.ndarray, valid: np.ndarray | None,
                   labels: np.ndarray | None) -> np.ndarray:
@@ -153,7 +155,7 @@ class MaskedViewSampler:
     def __call__(self, tile: np.ndarray, rng: np.random.Generator,
                  valid: np.ndarray | None = None, labels: np.ndarray | None = None
                  ) -> dict[str, np.ndarray]:
-        pair = make_view_pair(tile, rng, self.size, self.views, valid)
+        pair = make_view_pair(tile, rng, self.size, self.views, valid, self.radiometry)
         attend = self.tile_mask(np.asarray(tile, dtype=np.float32), valid, labels).ravel()
         out = {"view1": pair.view1, "view2": pair.view2}
         for key, index in (("mask1", pair.index1), ("mask2", pair.index2)):
@@ -241,6 +243,7 @@ class CLAWS(Pretext):
 
     def bind_data(self, info: DataInfo) -> None:
         """Find the red and NIR bands (``mask: ndvi``); ConfigError naming the bands there are."""
+        super().bind_data(info)
         if self.base is not None:
             self.base.bind_data(info)
         if self.config.mask != "ndvi":
@@ -259,15 +262,15 @@ class CLAWS(Pretext):
                 raise ConfigError("method 'claws' with mask: ndvi needs the tiles' band names "
                                   "(bind_data was not called)", fix="or use mask: none")
             bands = self._bands
-        size, views, patches = cfg.view_size, cfg.views, {}
+        size, views, radiometry, patches = cfg.view_size, cfg.views, self.radiometry, {}
         if self.base is not None:  # the base's view pipeline (and matched patches, if any)
             base = self.base.sampler()
-            size, views = base.size, base.views
+            size, views, radiometry = base.size, base.views, base.radiometry
             if isinstance(base, MatchedViewSampler):
                 patches = {"patch_size": base.patch_size, "patch_num": base.patch_num}
         return MaskedViewSampler(size, views, cfg.mask, threshold=cfg.ndvi_threshold,
                                  label_classes=cfg.label_classes, min_fraction=cfg.min_fraction,
-                                 **bands, **patches)
+                                 radiometry=radiometry, **bands, **patches)
 
     def embed(self, images: Tensor, model: nn.Module) -> dict[str, Tensor]:
         return self.base.embed(images, model) if self.base is not None else super().embed(

@@ -91,8 +91,9 @@ class DirectCLR(Pretext):
     def sampler(self) -> TwoViewSampler | MatchedViewSampler:
         cfg = self.config
         if cfg.variant == "global":
-            return TwoViewSampler(cfg.view_size, cfg.views)
-        return MatchedViewSampler(cfg.view_size, cfg.patch_size, cfg.patch_num, cfg.views)
+            return TwoViewSampler(cfg.view_size, cfg.views, self.radiometry)
+        return MatchedViewSampler(cfg.view_size, cfg.patch_size, cfg.patch_num, cfg.views,
+                                  self.radiometry)
 
     def forward(self, batch: Mapping[str, Tensor], model: nn.Module
                 ) -> tuple[Tensor, dict[str, Tensor]]:

@@ -3,10 +3,14 @@
 - "global": the ASPP module's output for DeepLabV3/V3+ (256 channels, stride 16; in smp ≥ 0.3 the
   ``ASPP`` instance inside ``decoder.aspp``: branches + 1×1 projection + dropout, the same point as
   the official code's ``Encoder`` output), else the deepest encoder stage (U-Net, FPN, ...).
-- "local": the model's output map (built with ``classes=64`` for pretraining, as the official
-  code does), bilinearly resized to the input size when the architecture returns another size.
+- "local": a decoder feature of at least ``LOCAL_MIN_CHANNELS`` (64) channels, bilinearly resized
+  to the input size: the model's output map (built with ``classes=64`` for pretraining, as the
+  official code does) when the decoder's last stage is that wide (DeepLabV3+: 256 channels), else
+  the last decoder stage that is (smp U-Net's (256, 128, 64, 32, 16) decoder: the 64-channel
+  stage at stride 4), so the local contrast is never starved to a 16-channel stage
+  (docs/methods.md, "GLCNet — local matching branch").
 
-Both come from one ordinary ``model(x)`` call with a forward hook, so any smp architecture works.
+Both come from one ordinary ``model(x)`` call with forward hooks, so any smp architecture works.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.decoders.deeplabv3.decoder import ASPP
 from torch import Tensor, nn
+
+
+LOCAL_MIN_CHANNELS = 64  # the local branch never reads a narrower decoder feature
 
 
 @dataclass(frozen=True)
@@ -42,14 +49,36 @@ def global_module(model: nn.Module) -> nn.Module:
     return encoder
 
 
+def local_module(model: nn.Module) -> nn.Module | None:
+    """The decoder stage whose output is the "local" map, or None for the model's output.
+
+    None when the segmentation head reads ≥ ``LOCAL_MIN_CHANNELS`` channels; else the last block
+    of ``decoder.blocks`` whose last convolution has that many (its output channels).
+    """
+    head = getattr(model, "segmentation_head", None)
+    head_in = _conv_channels(head, first=True) if head is not None else None
+    blocks = getattr(getattr(model, "decoder", None), "blocks", None)
+    if head_in is None or head_in >= LOCAL_MIN_CHANNELS or blocks is None:
+        return None
+    stages = blocks.values() if isinstance(blocks, nn.ModuleDict) else blocks
+    wide = [b for b in stages if (_conv_channels(b) or 0) >= LOCAL_MIN_CHANNELS]
+    return wide[-1] if wide else None
+
+
 def extract_features(model: nn.Module, x: Tensor) -> FeatureMaps:
     """Run ``model(x)`` once and return its global and local feature maps.
 
     Args:
         x: ``(B, C, H, W)`` input; ``H, W`` must suit the model (smp: multiples of 32).
     """
+    stage = local_module(model)
     with _captured(global_module(model)) as captured:
-        local = model(x)
+        if stage is None:
+            local = model(x)
+        else:
+            with _captured(stage) as stage_out:
+                model(x)
+            local = stage_out[0]
     if local.shape[-2:] != x.shape[-2:]:
         local = F.interpolate(local, size=x.shape[-2:], mode="bilinear", align_corners=False)
     return FeatureMaps(global_=captured[0], local=local)
@@ -112,6 +141,14 @@ def box_mean(features: Tensor, batch: Tensor, top: Tensor, left: Tensor, size: i
     cols = (left[:, None] + offsets)[:, None, :]  # (N, 1, size)
     pixels = features[batch[:, None, None], :, rows, cols]  # (N, size, size, C)
     return pixels.mean(dim=(1, 2), dtype=torch.float32)
+
+
+def _conv_channels(module: nn.Module, first: bool = False) -> int | None:
+    """Input channels of ``module``'s first Conv2d (``first``), else output of its last one."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        return None
+    return convs[0].in_channels if first else convs[-1].out_channels
 
 
 @contextmanager

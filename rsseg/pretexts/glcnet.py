@@ -87,7 +87,8 @@ class GLCNet(Pretext):
 
     def sampler(self) -> MatchedViewSampler:
         cfg = self.config
-        return MatchedViewSampler(cfg.view_size, cfg.patch_size, cfg.patch_num, cfg.views)
+        return MatchedViewSampler(cfg.view_size, cfg.patch_size, cfg.patch_num, cfg.views,
+                                  self.radiometry)
 
     def forward(
         self, batch: Mapping[str, Tensor], model: nn.Module

@@ -109,7 +109,7 @@ class HCSC(Pretext):
         self.levels: list[PrototypeLevel] = []
 
     def sampler(self) -> TwoViewSampler:
-        return TwoViewSampler(self.config.view_size, self.config.views)
+        return TwoViewSampler(self.config.view_size, self.config.views, self.radiometry)
 
     def cluster_sizes(self, n: int) -> list[int]:
         """Prototype counts for ``n`` keys: levels with 2 ≤ P ≤ n / 10, decreasing."""

@@ -47,7 +47,7 @@ class SimCLR(Pretext):
         self.head = mlp_head(global_channels, 256, 64)
 
     def sampler(self) -> TwoViewSampler:
-        return TwoViewSampler(self.config.view_size, self.config.views)
+        return TwoViewSampler(self.config.view_size, self.config.views, self.radiometry)
 
     def forward(
         self, batch: Mapping[str, Tensor], model: nn.Module

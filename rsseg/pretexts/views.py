@@ -3,24 +3,36 @@
 Both views are a random resized crop of the tile; view 2 alone is then flipped, rotated by a
 multiple of 90°, photometrically changed, band-copied ("grayscale") and blurred. Every geometric
 step is applied to a map of source-pixel ids as well (nearest resampling), so each view pixel
-knows which tile pixel it shows. The photometric steps are per-band and work on normalised
-float32 arrays, hence for any band count and any source dtype.
+knows which tile pixel it shows.
+
+The photometric change works on **raw pixel values**, as the official ``color_aug`` does before
+normalisation (docs/methods.md, "GLCNet — views"): with probability ``photometric_p`` an HSV shift
+of the bands the scene names red/green/blue (hue ±30 in OpenCV's 0–180 units, saturation ±5 and
+value ±15 on a 0–255 scale; bands of other dtypes scaled by their p98 to that scale), and, on
+imagery of other than 3 bands, a per-band brightness blend toward white/black (``f ∈ 1 ± 0.1``),
+a contrast factor (``c ∈ 1 ± 0.1``) and salt noise. The tiles arrive normalised; a
+:class:`Radiometry` (the tile set's band statistics) maps them back to raw values and forward
+again, which equals changing the raw pixels before normalising (resizing is linear).
+On 8-bit bands with a std of 20–40 DN the shift is ~0.6–1.3 σ: strong enough that colour is no
+shortcut between the views.
 
 Runs in DataLoader workers: numpy in, numpy out, randomness only from the given Generator.
 
 Deviations from the official code (GeoX-Lab/G-RSIM, ``T-SS-GLCNet/utils/data_for_self_GLCNet.py``):
 crop aspect ratios are log-uniform (torchvision) instead of uniform with a random swap; the image
 is resized bilinearly (antialiased when shrinking) and the id map with exact pixel-centre nearest
-(cv2's INTER_NEAREST is half a pixel off); the photometric change is per-band contrast ×U(1±c)
-and brightness +U(±b) in normalised units, never an HSV shift (band semantics are unknown), and
-without the official salt noise; patches never overlap in either view (see ``sample_patches``).
+(cv2's INTER_NEAREST is half a pixel off); the HSV shift is done in float (hue wraps around, no
+uint8 rounding) and uses the named red/green/blue bands rather than the first three; patches
+never overlap in either view (see ``sample_patches``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,8 +49,18 @@ class ViewConfig(BaseModel):
     flip: bool = True
     rot90_p: float = Field(0.8, ge=0, le=1)
     photometric_p: float = Field(0.8, ge=0, le=1)
+    # HSV shift of the red/green/blue bands: OpenCV units (hue 0–180, saturation/value 0–255).
+    hue: float = Field(30, ge=0, le=90)
+    saturation: float = Field(5, ge=0, le=255)
+    value: float = Field(15, ge=0, le=255)
+    # Per-band change: brightness blend toward white/black by up to this fraction of the band's
+    # range, contrast ×U(1 ± contrast), salt noise on this fraction of the pixels. ``per_band``
+    # None applies it as the official code does (imagery of other than 3 bands), True/False
+    # always/never.
     brightness: float = Field(0.1, ge=0, le=1)
     contrast: float = Field(0.1, ge=0, lt=1)
+    salt: float = Field(0.001, ge=0, le=0.5)
+    per_band: bool | None = None
     gray_p: float = Field(0.1, ge=0, le=1)
     blur_p: float = Field(0.5, ge=0, le=1)
     blur_kernels: tuple[int, ...] = (3, 5, 7)
@@ -66,6 +88,51 @@ class ViewConfig(BaseModel):
 
 
 @dataclass(frozen=True)
+class Radiometry:
+    """How normalised tiles map to raw values: ``raw = x·std + mean`` per band.
+
+    ``white``: per-band value of "white" (255 for 8-bit bands, else the band's p98); ``clip``:
+    raw values are clipped to ``[0, white]`` after the change (8-bit data, as OpenCV's uint8);
+    ``rgb``: indices of the red, green and blue bands, or None (no HSV shift).
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    white: tuple[float, ...]
+    rgb: tuple[int, int, int] | None
+    clip: bool = False
+
+    @classmethod
+    def of_bands(cls, names: Sequence[str], mean: Sequence[float], std: Sequence[float],
+                 white: Sequence[float], eight_bit: bool) -> Radiometry:
+        """Radiometry of a tile set: its band names, statistics and "white" per band."""
+        return cls(tuple(map(float, mean)), tuple(map(float, std)), tuple(map(float, white)),
+                   rgb_bands(names), eight_bit)
+
+    @classmethod
+    def unit(cls, bands: int) -> Radiometry:
+        """Tiles taken as raw 8-bit-like values on a 0–255 scale (tests, unknown statistics)."""
+        return cls((0.0,) * bands, (1.0,) * bands, (255.0,) * bands,
+                   (0, 1, 2) if bands >= 3 else None)
+
+
+def rgb_bands(names: Sequence[str]) -> tuple[int, int, int] | None:
+    """Indices of the bands named red, green and blue (``B3_red``, ``Red``, ...), else the first
+    three bands of unnamed ≥ 3-band imagery (as the official code), else None."""
+    found: dict[str, int] = {}
+    for i, name in enumerate(names):
+        tokens = {t for t in "".join(c if c.isalnum() else " " for c in name.lower()).split()}
+        for colour in ("red", "green", "blue"):
+            if colour in tokens:
+                found.setdefault(colour, i)
+    if len(found) == 3:
+        return found["red"], found["green"], found["blue"]
+    if len(names) >= 3 and not found:
+        return 0, 1, 2
+    return None
+
+
+@dataclass(frozen=True)
 class ViewPair:
     """Two views ``(C, S, S)`` float32 and their source-pixel ids ``(S, S)`` int64.
 
@@ -86,6 +153,7 @@ def make_view_pair(
     size: int,
     config: ViewConfig | None = None,
     valid: np.ndarray | None = None,
+    radiometry: Radiometry | None = None,
 ) -> ViewPair:
     """Draw GLCNet's two views of a normalised tile.
 
@@ -95,6 +163,8 @@ def make_view_pair(
         size: side ``S`` of the square views.
         config: augmentation parameters (paper defaults when None).
         valid: optional ``(H, W)`` bool mask; pixels outside it get id -1 (e.g. nodata).
+        radiometry: the tiles' band statistics for the photometric change on raw values
+            (None: :meth:`Radiometry.unit`).
     """
     config = config or ViewConfig()
     tile = np.asarray(tile, dtype=np.float32)
@@ -107,7 +177,7 @@ def make_view_pair(
     view1, index1 = _resized_crop(tile, ids, size, _crop_box(h, w, config, rng))
     view2, index2 = _resized_crop(tile, ids, size, _crop_box(h, w, config, rng))
     view0, index2 = _flip_rotate(view2, index2, config, rng)
-    view2 = _photometric(view0, config, rng)
+    view2 = _photometric(view0, config, rng, radiometry or Radiometry.unit(len(tile)))
     return ViewPair(
         view1=np.ascontiguousarray(view1, dtype=np.float32),
         view2=np.ascontiguousarray(view2, dtype=np.float32),
@@ -168,11 +238,12 @@ class TwoViewSampler:
 
     size: int
     views: ViewConfig = field(default_factory=ViewConfig)
+    radiometry: Radiometry | None = None
 
     def __call__(
         self, tile: np.ndarray, rng: np.random.Generator, valid: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
-        pair = make_view_pair(tile, rng, self.size, self.views, valid)
+        pair = make_view_pair(tile, rng, self.size, self.views, valid, self.radiometry)
         return {"view1": pair.view1, "view2": pair.view2}
 
 
@@ -184,11 +255,12 @@ class MatchedViewSampler:
     patch_size: int
     patch_num: int
     views: ViewConfig = field(default_factory=ViewConfig)
+    radiometry: Radiometry | None = None
 
     def __call__(
         self, tile: np.ndarray, rng: np.random.Generator, valid: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
-        pair = make_view_pair(tile, rng, self.size, self.views, valid)
+        pair = make_view_pair(tile, rng, self.size, self.views, valid, self.radiometry)
         patches = sample_patches(pair.index1, pair.index2, self.patch_size, self.patch_num, rng)
         return {"view1": pair.view1, "view2": pair.view2, "patches": patches}
 
@@ -246,18 +318,63 @@ def _flip_rotate(
     return view, index
 
 
-def _photometric(view: np.ndarray, config: ViewConfig, rng: np.random.Generator) -> np.ndarray:
-    """Per-band contrast/brightness, band-copy grayscale and Gaussian blur, each at random."""
+def _photometric(view: np.ndarray, config: ViewConfig, rng: np.random.Generator,
+                 radiometry: Radiometry) -> np.ndarray:
+    """Colour change on raw values (p = ``photometric_p``), band-copy grayscale, Gaussian blur."""
     bands = view.shape[0]
     if rng.random() < config.photometric_p:
-        contrast = rng.uniform(1 - config.contrast, 1 + config.contrast, size=(bands, 1, 1))
-        brightness = rng.uniform(-config.brightness, config.brightness, size=(bands, 1, 1))
-        view = view * contrast.astype(np.float32) + brightness.astype(np.float32)
+        mean = np.asarray(radiometry.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(radiometry.std, dtype=np.float32)[:, None, None]
+        white = np.asarray(radiometry.white, dtype=np.float32)[:, None, None]
+        raw = view * std + mean
+        if radiometry.rgb is not None:
+            raw = _hsv_shift(raw, radiometry.rgb, white, config, rng)
+        per_band = bands != 3 if config.per_band is None else config.per_band
+        if per_band:
+            raw = _band_change(raw, white, config, rng)
+        if radiometry.clip:
+            raw = np.clip(raw, 0, white)
+        view = (raw - mean) / std
     if rng.random() < config.gray_p:
         view = np.repeat(view[int(rng.integers(bands))][None], bands, axis=0)
     if rng.random() < config.blur_p:
         view = _gaussian_blur(view, int(rng.choice(config.blur_kernels)))
     return view
+
+
+def _hsv_shift(raw: np.ndarray, rgb: tuple[int, int, int], white: np.ndarray,
+               config: ViewConfig, rng: np.random.Generator) -> np.ndarray:
+    """Shift hue (wrapping), saturation and value of the ``rgb`` bands of ``raw`` ``(C, H, W)``.
+
+    Shifts are drawn uniformly in ±``config.hue`` (OpenCV 0–180 units), ±``saturation`` and
+    ±``value`` (0–255 units); each band is on a 0–255 scale of its ``white``.
+    """
+    idx = list(rgb)
+    scale = white[idx]  # (3, 1, 1)
+    image = np.clip(raw[idx] / scale, 0, None).transpose(1, 2, 0)  # (H, W, 3) RGB, white = 1
+    hsv = cv2.cvtColor(np.ascontiguousarray(image, dtype=np.float32), cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = (hsv[..., 0] + 2 * rng.uniform(-config.hue, config.hue)) % 360
+    hsv[..., 1] = np.clip(hsv[..., 1] + rng.uniform(-config.saturation, config.saturation) / 255,
+                          0, 1)
+    hsv[..., 2] = np.clip(hsv[..., 2] + rng.uniform(-config.value, config.value) / 255, 0, None)
+    out = raw.copy()
+    out[idx] = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).transpose(2, 0, 1) * scale
+    return out
+
+
+def _band_change(raw: np.ndarray, white: np.ndarray, config: ViewConfig,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Per band: brightness blend ``f ∈ 1 ± brightness`` (f > 1: ``x + (f−1)(white − x)``,
+    else ``f·x``), contrast ``x·c``, ``c ∈ 1 ± contrast``; then salt (white) on ``salt`` of the
+    pixels."""
+    bands = raw.shape[0]
+    f = rng.uniform(1 - config.brightness, 1 + config.brightness, (bands, 1, 1))
+    c = rng.uniform(1 - config.contrast, 1 + config.contrast, (bands, 1, 1))
+    raw = np.where(f > 1, raw + (f - 1) * (white - raw), f * raw) * c
+    if config.salt > 0:
+        salt = rng.random(raw.shape[1:]) < config.salt
+        raw = np.where(salt[None], white, raw)
+    return raw.astype(np.float32)
 
 
 def _gaussian_blur(view: np.ndarray, kernel: int) -> np.ndarray:

@@ -8,6 +8,7 @@ Rasters are opened lazily once per DataLoader worker.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
-from rsseg.io.raster import Scene, open_scene
+from rsseg.io.raster import NoGeoreferencing, Scene, open_scene
 
 
 def normalize(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray,
@@ -49,7 +50,9 @@ class _LazyScenes:
     def get(self, path: Path) -> Scene:
         if path not in self._open:
             ctx = open_scene(path, nodata=self.nodata)
-            self._open[path] = (ctx, ctx.__enter__())
+            with warnings.catch_warnings():  # the pipeline said so once; not once per tile
+                warnings.simplefilter("ignore", NoGeoreferencing)
+                self._open[path] = (ctx, ctx.__enter__())
         return self._open[path][1]
 
     def read(self, path: Path, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
