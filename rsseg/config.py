@@ -210,8 +210,8 @@ class FinetuneConfig(Section):
     trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(epochs=150))
     tile: int = Field(256, ge=16)  # default predict window stored in the bundle
     overlap: int = Field(64, ge=0)
-    # With --init: the pretrained encoder learns at encoder_lr_scale × optim.lr, the fresh
-    # decoder and head at optim.lr (discriminative fine-tuning); 1 = one learning rate.
+    # The encoder learns at encoder_lr_scale × optim.lr, the decoder and head at optim.lr
+    # (discriminative fine-tuning), with or without --init alike; 1 = one learning rate.
     encoder_lr_scale: float = Field(1.0, gt=0, le=1)
     # Exponential moving average of the weights (decay per step, e.g. 0.99): validation scores
     # and the bundle holds the average instead of the last weights; 0 = off.

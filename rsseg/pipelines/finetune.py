@@ -386,7 +386,7 @@ def finetune(out: str | Path, config: FinetuneConfig, *, scenes: list[Path] | No
                                     loss=config.loss,
                                     class_counts=[d.sources.class_counts() for d in domains],
                                     domains=names, val_domains=val_domains,
-                                    encoder_lr_scale=config.encoder_lr_scale if init else 1.0,
+                                    encoder_lr_scale=config.encoder_lr_scale,
                                     ema=config.ema)
         val_arg = (val_loaders[0] if len(val_loaders) == 1 else val_loaders) or None
         with warnings.catch_warnings():  # training reads pixels: georeferencing is irrelevant
