@@ -131,6 +131,14 @@ class TimeBudget(Timer):
             seconds = float(trainer.strategy.broadcast(seconds))
         return seconds
 
+    def on_fit_start(self, trainer: L.Trainer, *args: object, **kwargs: object) -> None:
+        super().on_fit_start(trainer, *args, **kwargs)  # stops a resumed run that has no time left
+        spent = self.time_elapsed()
+        if spent >= self.max_time and trainer.is_global_zero:
+            warnings.warn(f"the resumed run already spent its time budget ({format_duration(spent)}"
+                          f" of {format_duration(self.max_time)}): nothing left to train; "
+                          "resume with a longer --max-time", UserWarning, stacklevel=2)
+
     def on_train_batch_start(self, trainer: L.Trainer, *args: object, **kwargs: object) -> None:
         if not self._checked:
             self._step_start = time.monotonic()

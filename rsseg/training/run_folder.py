@@ -23,7 +23,10 @@ from rsseg.config import Section, dump_config
 from rsseg.errors import ConfigError, InputError, OutputError
 
 LAST_CKPT = "checkpoints/last.ckpt"
-RESUMABLE_KEYS = {"trainer.epochs", "trainer.max_time"}  # may change when resuming (train longer)
+RESUMABLE_KEYS = {"trainer.epochs"}  # may change when resuming (train longer)
+# A time budget may change on resume but not appear or vanish: with one, the LR schedule steps
+# per optimizer step, without one per epoch, and neither reads the other's checkpointed state.
+RESUMABLE_IF_SET = {"trainer.max_time"}
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -41,7 +44,8 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two config trees, as ``key: old -> new``."""
     a, b = _flatten(old), _flatten(new)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
-            if a.get(k) != b.get(k) and k not in RESUMABLE_KEYS]
+            if a.get(k) != b.get(k) and k not in RESUMABLE_KEYS
+            and not (k in RESUMABLE_IF_SET and None not in (a.get(k), b.get(k)))]
 
 
 def is_secondary_process() -> bool:
