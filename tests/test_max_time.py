@@ -17,6 +17,7 @@ from rsseg.models.backbone import read_backbone
 from rsseg.models.bundle import load_bundle
 from rsseg.pipelines.tile import TileOptions, tile_scenes
 from rsseg.training.engine import ScheduleClock, TimeBudget, optimizer_and_schedule
+from rsseg.training.run_folder import config_differences
 
 FORMS = "90s, 45m, 2h, 1h30m, 1:30:00"
 
@@ -172,6 +173,12 @@ def test_pretraining_stops_at_its_budget_and_resumes_on_the_same_clock(
     _, meta = read_backbone(run)
     assert meta.epochs == ckpt["epoch"] + 1  # exported at the end of the interrupted epoch
 
+    spent = run_cli("pretrain", many_tiles, "--out", run, "--resume", "--max-time", "3s",
+                    "--epochs", "1000", *sets)
+    assert spent.exit_code == 0, spent.stderr
+    assert "Warning: the resumed run already spent its time budget" in spent.stderr
+    assert _checkpoint(run)["global_step"] == steps  # nothing trained
+
     build_trainer = pipeline.build_trainer
     record = RecordLR()
 
@@ -224,6 +231,19 @@ def test_a_budget_shorter_than_one_step_is_one_line(many_tiles: Path, tmp_path: 
     assert line.startswith("Error: one training step takes ")
     assert "longer than the whole time budget of 0.001s" in line and "--max-time " in line
     assert not (tmp_path / "run").exists()  # nothing to resume: the same command runs again
+
+
+def test_a_budget_may_change_on_resume_but_not_appear_or_vanish() -> None:
+    """With a budget the LR schedule steps per optimizer step, without one per epoch: a resumed
+    run may get a longer budget, but not gain or lose one (named as a config difference)."""
+    def tree(*sets: str) -> dict:
+        return load_config(PretrainConfig, None, list(sets)).model_dump(mode="json")
+
+    assert config_differences(tree("trainer.max_time=60"), tree("trainer.max_time=2h")) == []
+    assert config_differences(tree(), tree("trainer.max_time=60")) == [
+        "trainer.max_time: None -> 60.0"]
+    assert config_differences(tree("trainer.max_time=60"), tree()) == [
+        "trainer.max_time: 60.0 -> None"]
 
 
 @pytest.mark.parametrize("value", ["45x", "0", "-1h"])

@@ -161,7 +161,7 @@ def time_budget(trainer: L.Trainer | None) -> TimeBudget | None:
     return next((c for c in callbacks if isinstance(c, TimeBudget)), None)
 
 
-class ProgressBar(RichProgressBar):
+class BudgetProgressBar(RichProgressBar):
     """Lightning's Rich progress bar; with a time budget it also shows the time ``left``."""
 
     def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict:
@@ -229,7 +229,7 @@ def build_trainer(cfg: TrainerConfig, run: Path, title: str,
         strategy=strategy,
         precision=cfg.precision,
         logger=RunLogger(run),
-        callbacks=[*ckpts, LossPlot(run, title), ProgressBar(leave=True),
+        callbacks=[*ckpts, LossPlot(run, title), BudgetProgressBar(leave=True),
                    *([ChannelsLast()] if cfg.channels_last else []),
                    *([TimeBudget(cfg.max_time)] if cfg.max_time else []), *(callbacks or [])],
         log_every_n_steps=cfg.log_every_n_steps,
