@@ -9,9 +9,11 @@ import torch
 from rsseg.pretexts.features import box_mean
 from rsseg.pretexts.views import (
     MatchedViewSampler,
+    Radiometry,
     TwoViewSampler,
     ViewConfig,
     make_view_pair,
+    rgb_bands,
     sample_patches,
 )
 
@@ -144,3 +146,75 @@ def test_view_config_rejects_bad_values() -> None:
         ViewConfig(scale=(0.8, 0.2))
     with pytest.raises(ValueError, match="odd"):
         ViewConfig(blur_kernels=(4,))
+
+
+def _still(**changes: object) -> ViewConfig:
+    """Only the photometric change (always), no flips/rotation/grayscale/blur."""
+    return ViewConfig(flip=False, rot90_p=0.0, gray_p=0.0, blur_p=0.0, photometric_p=1.0,
+                      **changes)
+
+
+def _raw_rgb_tile(rng: np.random.Generator, bands: int = 3) -> np.ndarray:
+    """A textured 8-bit tile: per-band mean ~100 DN, std ~30 DN."""
+    return np.clip(rng.normal(100, 30, (bands, H, W)), 0, 255).astype(np.float32)
+
+
+def test_colour_change_works_on_raw_values_and_is_strong() -> None:
+    """Normalising before or after the change gives the same raw pixels, and on 8-bit bands with
+    a std of 30 DN the change moves the bands by a sizeable fraction of σ (GLCNet's strength;
+    the former ±0.1 σ jitter fails this)."""
+    rng = np.random.default_rng(0)
+    raw = _raw_rgb_tile(rng)
+    mean, std = raw.mean(axis=(1, 2)), raw.std(axis=(1, 2))
+    norm = (raw - mean[:, None, None]) / std[:, None, None]
+    radiometry = Radiometry(tuple(mean), tuple(std), (255.0,) * 3, (0, 1, 2), clip=True)
+    shifts = []
+    for seed in range(12):
+        a = make_view_pair(norm, np.random.default_rng(seed), 32, _still(), radiometry=radiometry)
+        b = make_view_pair(raw, np.random.default_rng(seed), 32, _still(),
+                           radiometry=Radiometry((0.0,) * 3, (1.0,) * 3, (255.0,) * 3,
+                                                 (0, 1, 2), clip=True))
+        raw_a = a.view2 * std[:, None, None] + mean[:, None, None]
+        np.testing.assert_allclose(raw_a, b.view2, atol=1e-2)
+        assert b.view2.min() >= 0 and b.view2.max() <= 255  # 8-bit: clipped as OpenCV's uint8
+        shifts.append(np.abs(a.view2 - a.view0).mean(axis=(1, 2)))
+    assert np.mean(shifts) > 0.15  # in σ units, mean over bands and seeds
+
+
+def test_hsv_shift_touches_only_the_named_colour_bands() -> None:
+    rng = np.random.default_rng(1)
+    raw = _raw_rgb_tile(rng, bands=6)
+    names = ("B1_blue", "B2_green", "B3_red", "B4_nir", "B5_swir1", "B7_swir2")
+    radiometry = Radiometry.of_bands(names, (0,) * 6, (1,) * 6, (255,) * 6, eight_bit=True)
+    assert radiometry.rgb == (2, 1, 0)
+    pair = make_view_pair(raw, np.random.default_rng(4), 32, _still(per_band=False),
+                          radiometry=radiometry)
+    np.testing.assert_array_equal(pair.view2[3:], pair.view0[3:])
+    assert not np.allclose(pair.view2[:3], pair.view0[:3])
+    # imagery of other than 3 bands also gets the per-band change and salt (official code)
+    pair = make_view_pair(raw, np.random.default_rng(4), 32, _still(), radiometry=radiometry)
+    assert not np.allclose(pair.view2[3:], pair.view0[3:])
+
+
+def test_rgb_bands_by_name_else_the_first_three() -> None:
+    assert rgb_bands(("Red", "Green", "Blue")) == (0, 1, 2)
+    assert rgb_bands(("B1", "B2", "B3", "B4")) == (0, 1, 2)
+    assert rgb_bands(("nir", "red", "green")) is None  # named, but no blue: no HSV shift
+    assert rgb_bands(("B1", "B2")) is None
+
+
+def test_local_branch_reads_at_least_64_channels() -> None:
+    """smp U-Net's last decoder stage has 16 channels: the local map is its 64-channel stage."""
+    from rsseg.models.factory import ModelSpec, build_model
+    from rsseg.pretexts.features import extract_features, local_module
+
+    for arch, kwargs, stage in (("unet", {}, True),
+                                ("unet", {"encoder_depth": 3, "decoder_channels": [64, 32, 16]},
+                                 True),
+                                ("deeplabv3plus", {}, False)):
+        model = build_model(ModelSpec(arch=arch, encoder="resnet18", in_channels=3, classes=64,
+                                      kwargs=kwargs)).eval()
+        assert (local_module(model) is not None) == stage
+        with torch.no_grad():
+            maps = extract_features(model, torch.zeros(1, 3, 64, 64))
+        assert maps.local.shape == (1, 64, 64, 64)
