@@ -1,4 +1,4 @@
-"""``rsseg demo`` on the bundled scene: the chain runs (tiny budget); its figures (slow)."""
+"""``rsseg demo`` on the bundled imagery: the chain runs (tiny budget); its figures (slow)."""
 
 from __future__ import annotations
 
@@ -6,48 +6,102 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import rasterio
+import yaml
+from PIL import Image
 
 from rsseg.pipelines import demo
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def tiny_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    pre = copy.deepcopy(demo.PRETRAIN)
-    pre["trainer"].update(epochs=1, batch_size=8, steps_per_epoch=2)
-    pre["data"]["diagnostic_samples"] = 8
-    ft = copy.deepcopy(demo.FINETUNE)
-    ft["trainer"].update(epochs=1, steps_per_epoch=2, batch_size=4)
-    monkeypatch.setattr(demo, "PRETRAIN", pre)
-    monkeypatch.setattr(demo, "FINETUNE", ft)
+    for name in ("AERIAL_PRETRAIN", "NC_PRETRAIN"):
+        pre = copy.deepcopy(getattr(demo, name))
+        pre["trainer"].update(epochs=1, batch_size=4, steps_per_epoch=2, num_workers=0)
+        pre["data"]["diagnostic_samples"] = 8
+        monkeypatch.setattr(demo, name, pre)
+    for name in ("AERIAL_FINETUNE", "NC_FINETUNE"):
+        ft = copy.deepcopy(getattr(demo, name))
+        ft["trainer"].update(epochs=1, steps_per_epoch=2, batch_size=4)
+        monkeypatch.setattr(demo, name, ft)
 
 
-def test_demo_chain_on_the_bundled_scene(tiny_budget: None, tmp_path: Path, run_cli) -> None:
+def test_demo_chain_on_both_bundled_cases(tiny_budget: None, tmp_path: Path, run_cli) -> None:
     out = tmp_path / "demo"
     result = run_cli("demo", "--out", out)
     assert result.exit_code == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    for name in ("glcnet", "random"):
-        assert set(metrics[name]) == {"oa", "kappa", "miou"}
-        assert 0 <= metrics[name]["oa"] <= 1
-    assert "glcnet" in result.stdout and "Kappa" in result.stdout
-    with rasterio.open(out / "data" / demo.SCENE) as scene, \
-            rasterio.open(out / "prediction_glcnet.tif") as pred:
+    for case, classes in (("aerial", 5), ("nc", 7)):
+        for arm in ("glcnet", "random"):
+            assert set(metrics[case][arm]) == {"oa", "kappa", "miou", "iou"}
+            assert 0 <= metrics[case][arm]["oa"] <= 1
+            assert len(metrics[case][arm]["iou"]) == classes
+        assert metrics[case]["verdict"] in result.stdout
+        assert "mIoU points" in metrics[case]["verdict"]
+    assert "IoU building" in result.stdout and "IoU forest" in result.stdout
+    nc = out / "nc"
+    with rasterio.open(nc / "data" / demo.NC_SCENE) as scene, \
+            rasterio.open(nc / "prediction_glcnet.tif") as pred:
         assert (pred.crs, pred.transform, pred.shape) == (scene.crs, scene.transform, scene.shape)
         assert pred.nodata == 255
         valid = scene.dataset_mask() > 0
         assert ((pred.read(1) == 255) == ~valid).all()  # nodata exactly where the input has none
     for name in ("glcnet", "random"):  # QGIS style and quicklook beside each map
-        assert (out / f"prediction_{name}.qml").is_file()
-        assert (out / f"preview_{name}.png").stat().st_size > 0
+        assert (nc / f"prediction_{name}.qml").is_file()
+        assert (nc / f"preview_{name}.png").stat().st_size > 0
+        assert len(list((out / "aerial" / f"prediction_{name}").glob("*.tif"))) == 4
+    assert (out / "aerial" / "comparison.png").stat().st_size > 0
     assert run_cli("demo", "--out", out).exit_code == 1  # never overwritten silently
 
 
+def test_one_case_and_unknown_cases(tiny_budget: None, tmp_path: Path, run_cli) -> None:
+    bad = run_cli("demo", "--out", tmp_path / "x", "--case", "landsat")
+    assert bad.exit_code == 1 and "aerial, nc" in bad.stderr
+    assert not (tmp_path / "x").exists()
+    out = tmp_path / "aerial_only"
+    assert run_cli("demo", "--out", out, "--case", "aerial").exit_code == 0
+    assert set(json.loads((out / "metrics.json").read_text())) >= {"aerial", "seed"}
+    assert not (out / "nc").exists()
+
+
+def test_bundled_points_are_sparse_and_apart_from_the_reference() -> None:
+    """Training reads 20 points per image; the dense labels of the held-out images only score."""
+    folder = demo.bundled("dubai_aerial")
+    points = sorted((folder / "points").glob("*.png"))
+    reference = sorted((folder / "reference").glob("*.png"))
+    assert len(points) == 8 and len(reference) == 4
+    assert not {p.stem for p in points} & {p.stem for p in reference}
+    for p in points:
+        assert ((np.array(Image.open(p)) != 255).sum()) == 20
+    labels = np.concatenate([np.array(Image.open(p)).ravel() for p in points])
+    assert set(np.unique(labels[labels != 255])) == {0, 1, 2, 3, 4}  # every class has points
+
+
+def test_aerial_case_fine_tunes_with_the_cpu_recipe() -> None:
+    """The demo's fine-tuning is configs/finetune_cpu.yaml (both arms) but for its budget and
+    the validation split that 160 points cannot spare; its model is the pretraining one."""
+    recipe = yaml.safe_load((ROOT / "configs" / "finetune_cpu.yaml").read_text())
+    mine = demo.AERIAL_FINETUNE
+    assert mine["model"] == recipe["model"] == demo.AERIAL_PRETRAIN["model"]
+    assert mine["optim"] == recipe["optim"]
+    for key in ("encoder_lr_scale", "ema", "tile", "overlap"):
+        assert mine[key] == recipe[key]
+    assert {k: v for k, v in mine["data"].items() if k != "val_fraction"} == \
+        {k: v for k, v in recipe["data"].items() if k not in ("val_fraction", "val_block")}
+    pretrain = yaml.safe_load((ROOT / "configs" / "pretrain_glcnet_cpu.yaml").read_text())
+    assert demo.AERIAL_PRETRAIN["model"] == pretrain["model"]
+    assert demo.AERIAL_PRETRAIN["pretext"]["params"] == pretrain["pretext"]["params"]
+
+
 @pytest.mark.slow
-def test_demo_reaches_its_kappa(tmp_path: Path, run_cli) -> None:
+def test_demo_reaches_its_figures(tmp_path: Path, run_cli) -> None:
     out = tmp_path / "demo"
     assert run_cli("demo", "--out", out).exit_code == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["glcnet"]["kappa"] > 0.30
+    assert metrics["nc"]["glcnet"]["kappa"] > 0.30
+    assert metrics["aerial"]["glcnet"]["miou"] > metrics["aerial"]["random"]["miou"]
     assert metrics["seconds"] < 600
