@@ -1,0 +1,430 @@
+"""Label-efficiency study: score against the number of labels, one curve per pretraining arm.
+
+Every arm (random init, or a pretraining run: SimCLR, GLCNet at several budgets, ...) is
+fine-tuned with exactly the same recipe (``configs/finetune_cpu.yaml`` unless ``--config``) on
+exactly the same labels, drawn once per (setting, seed), and scored on held-out data; each arm is
+also scored by a frozen-encoder linear probe on the same labels. Paired differences (arm − the
+first arm, per seed) come with mean ± sd.
+
+Datasets and label settings:
+
+- ``dubai``: train on tiles 1–5, score on tile 6 (the development split). ``points:N``: N random
+  labelled pixels per training image (uniform over its labelled pixels); ``images:F``: a
+  fraction F of the training images, densely labelled.
+- ``nc``: the bundled Landsat scene; ``pixels:F``: a fraction F of its 2,872 sparse labelled
+  pixels; scored on the dense 1996 map (training pixels and nodata excluded).
+
+Linear probe: the frozen (eval-mode) network's global feature map (ASPP output for DeepLabV3+,
+deepest encoder stage otherwise) at the labelled pixels (bilinear), a linear classifier trained
+with Adam on them (cross-entropy, 300 full-batch steps); test logits on the coarse map upsampled
+bilinearly (a linear map commutes with bilinear upsampling).
+
+    python tools/label_efficiency.py --dataset dubai --arm random \\
+        --arm simclr=runs/pre_simclr --arm glcnet=runs/pre_glcnet \\
+        --settings points:5,points:20,points:100,images:0.05,images:0.2 --seeds 0,1,2 \\
+        --out docs/label_efficiency_dubai
+
+Writes ``OUT.json`` (every run), ``OUT.md`` (tables) and ``OUT.png`` (mIoU against labels per
+arm, full fine-tuning and linear probe), rewritten after every run; ``--resume`` keeps finished
+runs of ``OUT.json`` (same dataset) and runs the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from rasterio.windows import Window
+
+from rsseg.classes import IGNORE
+from rsseg.config import FinetuneConfig, load_config
+from rsseg.errors import RssegError
+from rsseg.io.raster import NoGeoreferencing, open_scene
+from rsseg.labels import Tile, read_tile_labels, scan_tiles
+from rsseg.metrics import ConfusionAccumulator
+from rsseg.models.backbone import load_backbone
+from rsseg.models.factory import ModelSpec, build_model
+from rsseg.pipelines.finetune import finetune
+from rsseg.pipelines.predict import PredictOptions, predict_scene
+from rsseg.pretexts.features import global_features
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+NC = ROOT / "rsseg" / "data" / "nc_landsat"
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """One training or test image: pixels path and dense (or sparse) label array."""
+
+    path: Path
+    labels: np.ndarray  # (H, W) uint8 class ids, IGNORE = unlabelled
+
+
+class Study:
+    """A dataset's training images (with all their labels) and its scorer."""
+
+    def __init__(self, name: str, data: Path) -> None:
+        self.name = name
+        if name == "dubai":
+            tiles = scan_tiles(data / "dubai")
+            self.classes = ROOT / "configs" / "classes_dubai.yaml"
+            self.train = [_tile(t) for t in tiles if not t.stem.startswith("tile6")]
+            self.test = [_tile(t) for t in tiles if t.stem.startswith("tile6")]
+            self.exclude = None
+        else:
+            scene = NC / "landsat7_2000_6band_uint8.tif"
+            self.classes = NC / "classes_nc_landcover.yaml"
+            sparse = _read(NC / "landsat96_sparse_training_pixels_uint8.tif")
+            sparse = np.where(sparse == 0, IGNORE, sparse).astype(np.uint8)
+            dense = _read(NC / "landclass96_labels_uint8.tif")
+            self.train = [Labelled(scene, sparse)]
+            self.test = [Labelled(scene, dense)]
+            self.exclude = sparse != IGNORE  # training pixels are never scored
+
+    def labels(self, setting: str, seed: int) -> list[Labelled]:
+        """The training labels of ``setting`` drawn with ``seed`` (the same for every arm)."""
+        kind, _, value = setting.partition(":")
+        rng = np.random.default_rng(seed)
+        if kind == "points" and self.name == "dubai":
+            return [Labelled(im.path, _points(im.labels, int(value), rng)) for im in self.train]
+        if kind == "images" and self.name == "dubai":
+            count = max(1, round(float(value) * len(self.train)))
+            picks = sorted(rng.choice(len(self.train), count, replace=False))
+            return [self.train[i] for i in picks]
+        if kind == "pixels" and self.name == "nc":
+            im = self.train[0]
+            labelled = np.flatnonzero(im.labels != IGNORE)
+            keep = rng.choice(labelled, max(1, round(float(value) * labelled.size)),
+                              replace=False)
+            out = np.full(im.labels.shape, IGNORE, np.uint8)
+            out.flat[keep] = im.labels.flat[keep]
+            return [Labelled(im.path, out)]
+        raise SystemExit(f"error: setting {setting!r} does not exist for {self.name} "
+                         "(dubai: points:N, images:F; nc: pixels:F)")
+
+    def write(self, labels: list[Labelled], folder: Path) -> dict:
+        """Fine-tuning inputs of ``labels`` under ``folder`` → keyword arguments of finetune()."""
+        shutil.rmtree(folder, ignore_errors=True)
+        if self.name == "nc":
+            folder.mkdir(parents=True)
+            with rasterio.open(labels[0].path) as src:
+                profile = src.profile | {"count": 1, "dtype": "uint8", "nodata": 0}
+            path = folder / "labels.tif"
+            with rasterio.open(path, "w", **profile) as dst:
+                dst.write(np.where(labels[0].labels == IGNORE, 0, labels[0].labels)[None])
+            return {"scenes": [labels[0].path], "labels": path, "classes_file": self.classes}
+        for sub in ("images", "labels"):
+            (folder / sub).mkdir(parents=True)
+        for im in labels:
+            (folder / "images" / im.path.name).symlink_to(im.path.resolve())
+            Image.fromarray(im.labels).save(folder / "labels" / f"{im.path.stem}.png")
+        return {"tiles": folder, "classes_file": self.classes}
+
+    def score(self, predict: Callable[[Labelled], np.ndarray]) -> dict:
+        """Scores of ``predict(image) → (H, W) class ids`` over the test images."""
+        acc = ConfusionAccumulator(ignore=(IGNORE,))
+        for im in self.test:
+            valid = None if self.exclude is None else ~self.exclude
+            acc.update(predict(im), im.labels, valid)
+        s = acc.scores()
+        return {"oa": s.oa, "kappa": s.kappa, "miou": s.miou,
+                "iou": {str(c): _num(v) for c, v in zip(s.class_ids, s.iou, strict=True)}}
+
+
+def _tile(tile: Tile) -> Labelled:
+    return Labelled(tile.image, read_tile_labels(tile).labels.astype(np.uint8))
+
+
+def _read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def _points(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` pixels drawn uniformly among the labelled ones; the rest IGNORE."""
+    labelled = np.flatnonzero(labels != IGNORE)
+    keep = rng.choice(labelled, min(n, labelled.size), replace=False)
+    out = np.full(labels.shape, IGNORE, np.uint8)
+    out.flat[keep] = labels.flat[keep]
+    return out
+
+
+def _num(value: float) -> float | None:
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def full_finetune(study: Study, inputs: dict, init: Path | None, config: FinetuneConfig,
+                  out: Path) -> dict:
+    """Fine-tune with the recipe, predict every test image with the bundle, score."""
+    bundle = finetune(out, config, init=init, overwrite=True, **inputs)
+
+    def predict(im: Labelled) -> np.ndarray:
+        pred = out / f"pred_{im.path.stem}.tif"
+        predict_scene(im.path, bundle, pred, PredictOptions(overwrite=True, device="cpu"))
+        return _read(pred)
+
+    return study.score(predict)
+
+
+def linear_probe(study: Study, labels: list[Labelled], init: Path | None,
+                 config: FinetuneConfig, seed: int, steps: int = 300) -> dict:
+    """Frozen global features at the labelled pixels → a linear classifier → test scores."""
+    torch.manual_seed(seed)
+    bands = _band_count(study.train[0].path)
+    spec = ModelSpec(arch=config.model.arch, encoder=config.model.encoder, in_channels=bands,
+                     classes=1, kwargs=config.model.kwargs)
+    model = build_model(spec)
+    mean, std = _stats([im.path for im in study.train])
+    if init is not None:  # the normalisation the backbone was pretrained with
+        meta = load_backbone(model, spec, init)
+        mean = np.array([b.mean for b in meta.bands])
+        std = np.array([b.std for b in meta.bands])
+    model.eval()
+    feats, targets = [], []
+    for im in labels:
+        rows, cols = np.nonzero(im.labels != IGNORE)
+        coarse, shape = _features(model, im.path, mean, std)
+        feats.append(_sample(coarse, shape, rows, cols))
+        targets.append(torch.from_numpy(im.labels[rows, cols].astype(np.int64)))
+    x, y = torch.cat(feats), torch.cat(targets)
+    mu, sigma = x.mean(0), x.std(0).clamp(min=1e-6)
+    classes = int(max(int(y.max()), *(int(im.labels[im.labels != IGNORE].max(initial=0))
+                                       for im in study.test))) + 1
+    head = torch.nn.Linear(x.shape[1], classes)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(head((x - mu) / sigma), y).backward()
+        opt.step()
+
+    def predict(im: Labelled) -> np.ndarray:
+        coarse, shape = _features(model, im.path, mean, std)
+        with torch.no_grad():
+            logits = torch.einsum("chw,kc->khw", (coarse - mu[:, None, None]) /
+                                  sigma[:, None, None], head.weight) + head.bias[:, None, None]
+            up = F.interpolate(logits[None], size=shape, mode="bilinear", align_corners=False)
+        return up[0].argmax(0).numpy().astype(np.uint8)
+
+    return study.score(predict)
+
+
+def _band_count(path: Path) -> int:
+    with rasterio.open(path) as src:
+        return src.count
+
+
+def _stats(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    pixels = np.concatenate([_pixels(p).reshape(_band_count(p), -1) for p in paths], axis=1)
+    return pixels.mean(axis=1), pixels.std(axis=1).clip(min=1e-6)
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoGeoreferencing)
+        with open_scene(path) as scene:
+            window = Window(0, 0, scene.info.width, scene.info.height)
+            return scene.read(window).astype(np.float32)
+
+
+def _features(model: torch.nn.Module, path: Path, mean: np.ndarray, std: np.ndarray
+              ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The global feature map ``(C, h, w)`` of a whole image (padded to a multiple of 32)."""
+    x = (_pixels(path) - mean[:, None, None]) / std[:, None, None]
+    h, w = x.shape[1:]
+    ph, pw = -h % 32, -w % 32
+    x = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="reflect")
+    with torch.no_grad():
+        coarse = global_features(model, torch.from_numpy(np.ascontiguousarray(x))[None])[0]
+    # crop the padding's share of the coarse map, so coarse pixels map onto (h, w)
+    ch = round(coarse.shape[1] * h / (h + ph))
+    cw = round(coarse.shape[2] * w / (w + pw))
+    return coarse[:, :ch, :cw], (h, w)
+
+
+def _sample(coarse: torch.Tensor, shape: tuple[int, int], rows: np.ndarray,
+            cols: np.ndarray) -> torch.Tensor:
+    """Bilinear samples ``(N, C)`` of ``coarse`` at full-resolution pixel centres."""
+    h, w = shape
+    gx = torch.from_numpy((cols + 0.5) / w * 2 - 1).float()
+    gy = torch.from_numpy((rows + 0.5) / h * 2 - 1).float()
+    grid = torch.stack([gx, gy], dim=1)[None, None]  # (1, 1, N, 2)
+    out = F.grid_sample(coarse[None], grid, mode="bilinear", align_corners=False)
+    return out[0, :, 0].T
+
+
+def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
+    """Per (protocol, setting, arm): mean ± sd of each score, and paired Δ vs the first arm."""
+    rows = []
+    for protocol in ("finetune", "probe"):
+        for setting in dict.fromkeys(r["setting"] for r in runs):
+            base = {r["seed"]: r for r in runs if (r["protocol"], r["setting"], r["arm"]) ==
+                    (protocol, setting, arms[0]) and "error" not in r}
+            for arm in arms:
+                mine = [r for r in runs if (r["protocol"], r["setting"], r["arm"]) ==
+                        (protocol, setting, arm) and "error" not in r]
+                if not mine:
+                    continue
+                row = {"protocol": protocol, "setting": setting, "arm": arm, "runs": len(mine)}
+                for key in ("miou", "kappa", "oa"):
+                    row[key] = _mean_sd([r[key] for r in mine])
+                deltas = [100 * (r["miou"] - base[r["seed"]]["miou"]) for r in mine
+                          if r["seed"] in base]
+                row["delta_miou_points"] = _mean_sd(deltas) if arm != arms[0] else None
+                row["delta_per_seed"] = [round(d, 2) for d in deltas] if arm != arms[0] else []
+                rows.append(row)
+    return rows
+
+
+def _mean_sd(values: list[float]) -> list[float] | None:
+    if not values:
+        return None
+    return [float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0]
+
+
+def write_outputs(results: dict, out: Path) -> None:
+    """``OUT.json``, ``OUT.md`` and ``OUT.png``."""
+    results["summary"] = summarise(results["runs"], results["arms"])
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    lines = [f"# Label efficiency — {results['dataset']}", "", results["notes"], "",
+             "| protocol | labels | arm | runs | mIoU | Kappa | OA | Δ mIoU vs "
+             f"{results['arms'][0]} (points) | Δ per seed |", "|---" * 9 + "|"]
+    for r in results["summary"]:
+        def fmt(v: list[float] | None, scale: float = 1.0) -> str:
+            return "—" if v is None else f"{scale * v[0]:.3f} ± {scale * v[1]:.3f}"
+        delta = "—" if r["delta_miou_points"] is None else \
+            f"{r['delta_miou_points'][0]:+.1f} ± {r['delta_miou_points'][1]:.1f}"
+        lines.append(f"| {r['protocol']} | {r['setting']} | {r['arm']} | {r['runs']} | "
+                     f"{fmt(r['miou'])} | {fmt(r['kappa'])} | {fmt(r['oa'])} | {delta} | "
+                     f"{', '.join(f'{d:+.1f}' for d in r['delta_per_seed'])} |")
+    errors = [r for r in results["runs"] if "error" in r]
+    lines += ["", *(f"- error: {r['arm']} {r['setting']} seed {r['seed']}: {r['error']}"
+                    for r in errors)]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    _plot(results, out.with_suffix(".png"))
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    settings = list(dict.fromkeys(r["setting"] for r in results["summary"]))
+    for ax, protocol in zip(axes, ("finetune", "probe"), strict=True):
+        for arm in results["arms"]:
+            rows = {r["setting"]: r for r in results["summary"]
+                    if r["protocol"] == protocol and r["arm"] == arm and r["miou"]}
+            xs = [i for i, s in enumerate(settings) if s in rows]
+            if xs:
+                means = [100 * rows[settings[i]]["miou"][0] for i in xs]
+                sds = [100 * rows[settings[i]]["miou"][1] for i in xs]
+                ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=arm)
+        ax.set_xticks(range(len(settings)), settings, rotation=20)
+        title = "full fine-tuning" if protocol == "finetune" else "linear probe (frozen)"
+        ax.set_title(f"{results['dataset']}: {title}")
+        ax.set_xlabel("labels")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mIoU (%) on held-out data, mean ± sd over seeds")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=("dubai", "nc"), required=True)
+    parser.add_argument("--arm", action="append", required=True,
+                        help="'random' or NAME=PRETRAINING_RUN; the first arm is the baseline")
+    parser.add_argument("--settings", required=True, help="comma-separated, e.g. points:20")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--protocols", default="finetune,probe")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "finetune_cpu.yaml")
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--work", type=Path, default=Path("label_efficiency_work"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+
+    arms: dict[str, Path | None] = {}
+    for item in args.arm:
+        name, _, run = item.partition("=")
+        if run and not (Path(run) / "backbone.safetensors").is_file():
+            raise SystemExit(f"error: arm {name}: {run} has no backbone.safetensors")
+        arms[name] = Path(run) if run else None
+    if args.dataset == "dubai" and not (args.data / "dubai").is_dir():
+        raise SystemExit(f"error: {args.data / 'dubai'} not found (--data)")
+    study = Study(args.dataset, args.data)
+    settings = args.settings.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    protocols = args.protocols.split(",")
+    for setting in settings:
+        study.labels(setting, 0)  # refuses settings that do not exist, before any work
+    config = load_config(FinetuneConfig, args.config,
+                         ["data.val_fraction=0", "trainer.accelerator=cpu", *args.sets])
+    results = {"dataset": args.dataset, "arms": list(arms), "runs": [],
+               "config": config.model_dump(mode="json"),
+               "arm_runs": {k: str(v) if v else None for k, v in arms.items()},
+               "notes": ("dubai: train tiles 1–5 (45 images), test tile 6 (9 images)"
+                         if args.dataset == "dubai" else
+                         "nc: sparse pixels of the bundled scene; test: the dense 1996 map, "
+                         "training pixels and nodata excluded") +
+                        "; every arm fine-tunes with the same recipe on the same labels per "
+                        "seed; no validation split (the last / EMA weights are kept)."}
+    out = args.out
+    if args.resume and out.with_suffix(".json").is_file():
+        previous = json.loads(out.with_suffix(".json").read_text())
+        results["runs"] = [r for r in previous["runs"] if "error" not in r]
+        results["arms"] = list(dict.fromkeys([*previous["arms"], *arms]))
+    done = {(r["protocol"], r["setting"], r["arm"], r["seed"]) for r in results["runs"]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    warnings.simplefilter("ignore", NoGeoreferencing)
+    for setting in settings:
+        for seed in seeds:
+            labels = study.labels(setting, seed)
+            folder = args.work / f"labels_{setting.replace(':', '_')}_{seed}"
+            inputs = study.write(labels, folder)
+            for arm, init in arms.items():
+                for protocol in protocols:
+                    if (protocol, setting, arm, seed) in done:
+                        continue
+                    print(f"{protocol} {arm} {setting} seed {seed}", flush=True)
+                    start = time.perf_counter()
+                    record: dict = {"protocol": protocol, "setting": setting, "arm": arm,
+                                    "seed": seed}
+                    try:
+                        if protocol == "finetune":
+                            cfg = config.model_copy(deep=True)
+                            cfg.trainer.seed = seed
+                            run = args.work / f"ft_{arm}_{setting.replace(':', '_')}_{seed}"
+                            record.update(full_finetune(study, inputs, init, cfg, run))
+                        else:
+                            record.update(linear_probe(study, labels, init, config, seed))
+                    except (RssegError, RuntimeError, ValueError) as err:
+                        record["error"] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+                    record["seconds"] = round(time.perf_counter() - start, 1)
+                    print(f"  -> mIoU {record.get('miou', float('nan')):.3f} "
+                          f"({record['seconds']} s)", flush=True)
+                    results["runs"].append(record)
+                    write_outputs(results, out)
+    write_outputs(results, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
