@@ -74,3 +74,14 @@ def test_resume_refuses_another_budget(cm, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="same dataset and budget"):
         cm.run_all(dataset, ["dcc"], [0], "tiny", tmp_path, lambda msg: None,
                    previous=previous)
+
+
+def test_paired_delta_uses_the_seeds_both_arms_finished(cm) -> None:
+    runs = [{"method": "glcnet", "seed": 0, "kappa": 0.5}, {"method": "glcnet", "seed": 1,
+                                                             "kappa": 0.6},
+            {"method": "glcnet", "seed": 2, "kappa": 0.9},  # random never finished seed 2
+            {"method": "random", "seed": 0, "kappa": 0.4}, {"method": "random", "seed": 1,
+                                                             "kappa": 0.3}]
+    mean, sd, n = cm.paired_delta(runs, "glcnet", "kappa")
+    assert n == 2 and mean == pytest.approx(0.2) and sd == pytest.approx(0.1414, abs=1e-4)
+    assert cm.paired_delta(runs, "random", "kappa") is None

@@ -419,8 +419,22 @@ def summarise(results: dict, methods: list[str]) -> list[dict]:
         finetune_seconds = float(np.mean([r["seconds"] for r in runs])) if runs else 0.0
         row["seconds"] = round(pre.get("seconds", 0.0) + finetune_seconds, 1)
         row["effective_rank"] = pre.get("effective_rank", {})
+        row["delta_kappa"] = paired_delta(results["runs"], name, "kappa")
         rows.append(row)
     return rows
+
+
+def paired_delta(runs: list[dict], method: str, key: str) -> list[float] | None:
+    """``[mean, sd, n]`` of ``method − random`` in ``key`` over the seeds both finished (the same
+    labels and fine-tuning seed: a paired difference), or None."""
+    def by_seed(name: str) -> dict[int, float]:
+        return {r["seed"]: r[key] for r in runs if r["method"] == name and r.get(key) is not None}
+    mine, base = by_seed(method), by_seed("random")
+    deltas = [mine[s] - base[s] for s in sorted(mine.keys() & base.keys())]
+    if method == "random" or not deltas:
+        return None
+    sd = float(np.std(deltas, ddof=1)) if len(deltas) > 1 else 0.0
+    return [float(np.mean(deltas)), sd, len(deltas)]
 
 
 def compute_minutes(results: dict) -> float:
@@ -449,17 +463,21 @@ def markdown(results: dict) -> str:
              f"Rare classes (each under {RARE_SHARE:.0%} of the test reference): "
              f"{', '.join(rare_classes(results)) or 'none'}; their mean IoU is shown apart.",
              "",
-             "| method | init | n | Kappa | OA | mIoU | rare-class mIoU | rarest-class IoU | "
-             "wall time (s) | eff. rank (g / l) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Δ Kappa: the paired difference to random init (same labels and fine-tuning seed), "
+             "mean ± sd over the seeds both finished.",
+             "",
+             "| method | init | n | Kappa | Δ Kappa vs random | OA | mIoU | rare-class mIoU | "
+             "rarest-class IoU | wall time (s) | eff. rank (g / l) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results.get("summary", []):
         rank = row["effective_rank"]
         ranks = " / ".join(f"{rank[k]:.1f}" for k in ("global", "local") if k in rank) or "–"
         rare = f"{pm(row['rare_iou'])} (class {row['rare_class']})" if row["rare_iou"] else "–"
+        delta = row.get("delta_kappa")
+        paired = "–" if not delta else f"{delta[0]:+.3f} ± {delta[1]:.3f}"
         lines.append(f"| {row['method']} | {row['init']} | {row['runs']} | {pm(row['kappa'])} | "
-                     f"{pm(row['oa'])} | {pm(row['miou'])} | {pm(row['rare_miou'])} | {rare} | "
-                     f"{row['seconds']} | "
-                     f"{ranks} |")
+                     f"{paired} | {pm(row['oa'])} | {pm(row['miou'])} | "
+                     f"{pm(row['rare_miou'])} | {rare} | {row['seconds']} | {ranks} |")
     failed = [r for r in results.get("summary", []) if r.get("error")]
     if failed:
         lines += ["", "Failed:"] + [f"- {r['method']}: {r['error']}" for r in failed]
