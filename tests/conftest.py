@@ -115,3 +115,27 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (set RSSEG_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def rgbn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A per-pixel (1x1 conv) bundle with fixed weights: bands red, green, blue, nir (mean 10,
+    std 5), classes 1 "water", 2 "field", 5 "forest"; tile 32, overlap 8."""
+    import torch
+
+    from rsseg.models.bundle import BundleMeta, save_bundle
+    from rsseg.models.factory import ModelSpec, build_model
+
+    spec = ModelSpec(arch="pixel", in_channels=4, classes=3)
+    net = build_model(spec)
+    weights = torch.tensor([[1.0, -1.0, 0.5, -2.0], [-1.0, 2.0, 0.0, 1.0], [0.0, -1.0, 1.0, 1.5]])
+    with torch.no_grad():
+        net.net[0].weight.copy_(weights[:, :, None, None])
+        net.net[0].bias.zero_()
+    meta = BundleMeta(
+        model=spec, tile=32, overlap=8,
+        bands=[{"name": n, "mean": 10.0, "std": 5.0} for n in ("red", "green", "blue", "nir")],
+        classes=[{"id": 1, "name": "water", "color": (0, 0, 255)},
+                 {"id": 2, "name": "field", "color": (255, 255, 0)},
+                 {"id": 5, "name": "forest", "color": (0, 128, 0)}])
+    return save_bundle(tmp_path_factory.mktemp("bundle") / "rgbn.rsseg", net, meta)

@@ -1,4 +1,5 @@
-"""``rsseg predict SCENE --model BUNDLE --out OUT.tif``: a georeferenced class raster (COG)."""
+"""``rsseg predict SCENE --model BUNDLE --out OUT.tif``: a georeferenced class raster (COG);
+``rsseg predict SCENES... --out-dir DIR``: one per scene (:mod:`rsseg.cli.many`)."""
 
 from __future__ import annotations
 
@@ -40,10 +41,18 @@ class Backend(str, Enum):
 
 @app.command()
 def predict(
-    scene: Path = typer.Argument(..., help="Scene raster with the model's bands.",
-                                 show_default=False),
+    scenes: list[Path] = typer.Argument(..., help="Scene rasters with the model's bands; "
+                                        "also folders, 'glob*.tif' patterns, .txt lists.",
+                                        show_default=False),
     model: Path = typer.Option(..., "--model", "-m", help="Model bundle (.rsseg)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Class raster to write (COG .tif)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Class raster of one scene (COG "
+                                    ".tif) [default: SCENE_pred.tif in the current folder]."),
+    out_dir: Path | None = typer.Option(None, help="Many scenes: one NAME_pred.tif per scene "
+                                        "and summary.csv/.json here; a rerun skips finished "
+                                        "scenes."),
+    cluster: str | None = typer.Option(None, help="Many scenes on Dask: local[:N] (N worker "
+                                       "processes) or a scheduler address tcp://host:8786 "
+                                       "[default: in this process]."),
     tile: int | None = typer.Option(None, help="Window side in pixels (default: the bundle's)."),
     overlap: int | None = typer.Option(None, help="Window overlap in pixels (default: the "
                                                   "bundle's)."),
@@ -62,7 +71,8 @@ def predict(
     domain: str | None = typer.Option(None, help="Domain of a multi-domain bundle to predict "
                                       "with (rsseg finetune --method multidomain)."),
     confidence: Path | None = typer.Option(None, help="Also write the max class probability "
-                                           "x 255 (uint8 COG, nodata 0)."),
+                                           "x 255 (uint8 COG, nodata 0); with --out-dir a "
+                                           "name holding {scene}."),
     probs: Path | None = typer.Option(None, help="Also write per-class probabilities x 255 "
                                       "(uint8 COG, one band per class)."),
     vector: Path | None = typer.Option(None, help="Also write polygons per class (.gpkg, .fgb "
@@ -74,11 +84,14 @@ def predict(
     preview_bands: str | None = typer.Option(None, help="--preview bands R,G,B (names or "
                                              "1-based numbers; default: red, green, blue)."),
 ) -> None:
-    """Predict a scene with a model bundle: stitched, georeferenced uint8 classes (nodata 255).
+    """Predict scenes with a model bundle: stitched, georeferenced uint8 classes (nodata 255).
 
     The class raster comes with NAME.qml (QGIS style) and NAME.tif.aux.xml (GDAL class names).
     """
+    from rsseg.cli.many import predict_many
     from rsseg.inference.runtime import RuntimeOptions
+    from rsseg.io.inputs import is_collection
+    from rsseg.pipelines.batch import BatchOptions
     from rsseg.pipelines.outputs import OutputOptions
     from rsseg.pipelines.predict import PredictOptions, predict_scene  # loads torch
 
@@ -90,6 +103,13 @@ def predict(
                              domain=domain,
                              runtime=RuntimeOptions(backend=backend.value,
                                                     precision=precision.value, threads=threads))
+    if len(scenes) > 1 or is_collection(scenes[0]) or out_dir or cluster:
+        predict_many(scenes, model, out, out_dir, BatchOptions(options, cluster))
+        return
+    scene = scenes[0]
+    if out is None:
+        out = Path(f"{scene.stem}_pred.tif")
+        typer.echo(f"No --out given: writing {out} in the current folder")
     console = Console(stderr=True)
     columns = (TextColumn("predicting"), BarColumn(), _MpxColumn(), TextColumn("ETA"),
                TimeRemainingColumn(), TimeElapsedColumn())

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from rsseg.errors import ConfigError, InputError
 from rsseg.inference.background import BackgroundWorker
@@ -81,15 +82,18 @@ class PredictSummary:
 
 def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
                   options: PredictOptions = PredictOptions(),
-                  progress: Progress | None = None) -> PredictSummary:
-    """Predict ``scene`` with the bundle ``model`` into the class raster ``out``.
+                  progress: Progress | None = None,
+                  loader: Callable[[Path], tuple[nn.Module, BundleMeta]] = load_bundle
+                  ) -> PredictSummary:
+    """Predict ``scene`` with the bundle ``model`` into the class raster ``out``; ``loader``
+    loads the bundle (a batch passes one that keeps it loaded from scene to scene).
 
     Raises InputError/ConfigError/OutputError (one line each) for bad input; flags, output, bundle
     and scene header are checked before predicting. Whatever fails, nothing appears at ``out``.
     """
     out = check_output(out, options.overwrite)
     model = domain_bundle(model, options.domain)  # --domain NAME (multidomain runs)
-    net, meta = load_bundle(model)
+    net, meta = loader(model)
     tile = meta.tile if options.tile is None else options.tile
     overlap = meta.overlap if options.overlap is None else options.overlap
     multiple = required_multiple(meta.model)

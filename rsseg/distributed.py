@@ -1,0 +1,134 @@
+"""Scenes over Dask workers: ``--cluster local[:N]`` or a scheduler address; in-process without.
+
+``--cluster local:N`` starts a :class:`dask.distributed.LocalCluster` of N worker processes of one
+task each (N defaults to the cores; the cores are split between them for the model's threads);
+``--cluster tcp://host:8786`` (any scheduler address: ``dask scheduler``, dask-jobqueue on
+SLURM/PBS, Kubernetes) connects to running workers, which must see the same files (model, scenes,
+outputs) at the same paths. Tasks are submitted with :meth:`Client.submit` and collected with
+:func:`dask.distributed.as_completed`; a worker that dies costs its task, which the scheduler
+gives to another worker (up to ``distributed.scheduler.allowed-failures`` times). Without
+``--cluster``, :func:`run_tasks` calls the function in this process, with no Dask at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from rsseg.errors import ConfigError, InputError
+
+Item = TypeVar("Item")
+CONNECT_TIMEOUT_S = 5
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A parsed ``--cluster``: a LocalCluster of ``workers`` processes, or ``address``."""
+
+    address: str | None = None
+    workers: int | None = None
+
+    @property
+    def threads_per_worker(self) -> int | None:
+        """Model threads of each local worker (cores split between them); None for a remote
+        cluster, where each worker splits its own machine's cores (:func:`worker_threads`)."""
+        if self.address is not None:
+            return None
+        return max(1, cpu_count() // (self.workers or cpu_count()))
+
+
+def cpu_count() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def parse_cluster(text: str | None) -> ClusterSpec | None:
+    """``local``, ``local:N`` or a scheduler address (``tcp://host:8786``); None stays None."""
+    if text is None:
+        return None
+    if text == "local":
+        return ClusterSpec(workers=cpu_count())
+    if text.startswith("local:"):
+        count = text.removeprefix("local:")
+        if not count.isdigit() or int(count) < 1:
+            raise ConfigError(f"--cluster {text}: the number of local workers must be at least 1",
+                              f"use e.g. --cluster local:{cpu_count()}")
+        return ClusterSpec(workers=int(count))
+    if "://" in text and text.split("://", 1)[1]:
+        return ClusterSpec(address=text)
+    raise ConfigError(f"--cluster {text!r} is neither local[:N] nor a scheduler address",
+                      "use --cluster local:4 or --cluster tcp://host:8786")
+
+
+@contextmanager
+def connect(spec: ClusterSpec) -> Iterator[Any]:
+    """A :class:`dask.distributed.Client` of ``spec``'s cluster, closed (with the LocalCluster
+    it started) at the end. An unreachable scheduler is an InputError within
+    :data:`CONNECT_TIMEOUT_S` seconds."""
+    from dask.distributed import Client, LocalCluster
+
+    if spec.address is None:
+        with LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True,
+                          dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
+                Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = Client(spec.address, timeout=f"{CONNECT_TIMEOUT_S}s")
+    except (OSError, TimeoutError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot reach the Dask scheduler at {spec.address} ({reason})",
+                         "start it (dask scheduler) and its workers, or use --cluster local:N"
+                         ) from None
+    with client:
+        yield client
+
+
+def dashboard(client: Any) -> str | None:
+    """The cluster's dashboard address, or None when it has none (no bokeh installed)."""
+    services = client.scheduler_info().get("services", {})
+    return client.dashboard_link if "dashboard" in services else None
+
+
+def worker_threads(threads: int | None) -> int | None:
+    """``threads``, or inside a Dask worker its machine's cores split between its task slots."""
+    if threads is not None:
+        return threads
+    try:
+        from dask.distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not in a Dask worker
+        return None
+    return max(1, cpu_count() // worker.state.nthreads)
+
+
+def run_tasks(fn: Callable[[Item], Any], items: Iterable[Item],
+              client: Any | None = None) -> Iterator[tuple[Item, Any]]:
+    """``(item, fn(item))`` for every item, as they finish: in this process in order without
+    ``client``, else as tasks on its workers. ``fn``'s exceptions propagate (the remaining
+    tasks are cancelled); a task whose workers kept dying yields the KilledWorker error as its
+    result."""
+    if client is None:
+        for item in items:
+            yield item, fn(item)
+        return
+    from dask.distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    futures = {client.submit(fn, item, pure=False): item for item in items}
+    try:
+        for future in as_completed(futures):
+            try:
+                yield futures[future], future.result()
+            except KilledWorker as err:
+                yield futures[future], err
+    finally:
+        client.cancel([f for f in futures if not f.done()])

@@ -1,0 +1,281 @@
+"""``rsseg predict`` over many scenes: one class raster per scene, a summary, resumable.
+
+The scene arguments (files, folders, patterns, list files: :mod:`rsseg.io.inputs`) become one
+job per scene writing ``OUT_DIR/NAME_pred.tif`` with its sidecars, and the optional outputs
+whose names hold ``{scene}``. A scene whose outputs are already complete is skipped (unless
+``--overwrite``), so a rerun finishes an interrupted batch. Jobs run in this process or as tasks
+on a Dask cluster (:mod:`rsseg.distributed`); either way each process loads the model once
+(:func:`cached_bundle`). A scene that fails is recorded with its one-line error and the others
+go on; an error of the flags themselves (a ConfigError) stops the batch. ``summary.csv`` and
+``summary.json`` in ``OUT_DIR`` list every scene: status, size, seconds, Mpx/s, pixels per
+class, error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from torch import nn
+
+from rsseg.distributed import connect, dashboard, parse_cluster, run_tasks, worker_threads
+from rsseg.errors import ConfigError, OutputError, RssegError, UsageError
+from rsseg.io.class_rasters import class_counts, complete_prediction
+from rsseg.io.inputs import SceneInput, StacReader, expand_scenes
+from rsseg.io.publish import publishing
+from rsseg.models.bundle import BundleMeta, load_bundle, read_meta
+from rsseg.pipelines.outputs import OutputOptions
+from rsseg.pipelines.predict import PredictOptions, predict_scene
+from rsseg.regularizers.multidomain import domain_bundle
+
+SUFFIX = "_pred.tif"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_JSON = "summary.json"
+_TEMPLATED = ("confidence", "probs", "vector", "preview")
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """``predict``'s flags (optional output names holding ``{scene}``) and ``--cluster``."""
+
+    predict: PredictOptions = field(default_factory=PredictOptions)
+    cluster: str | None = None
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """One scene's prediction: what ``predict_scene`` needs, picklable for Dask workers."""
+
+    scene: SceneInput
+    out: Path
+    model: Path
+    options: PredictOptions
+
+
+@dataclass(frozen=True)
+class SceneResult:
+    """One row of the summary; ``status`` is ok, skipped (complete already) or failed."""
+
+    scene: Path
+    out: Path
+    status: str
+    width: int = 0
+    height: int = 0
+    seconds: float = 0.0
+    pixels: dict[str, int] = field(default_factory=dict)  # class name → pixels (no nodata)
+    error: str = ""
+    outputs: tuple[Path, ...] = ()
+
+    @property
+    def mpx_per_s(self) -> float:
+        return self.width * self.height / 1e6 / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    out_dir: Path
+    results: tuple[SceneResult, ...]
+    seconds: float
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+
+Notify = Callable[[str], None]
+"""Called with one line for the user (the dashboard address, skipped scenes)."""
+Progress = Callable[[SceneResult, int, int], None]
+"""Called as ``progress(result, scenes_done, scenes_total)`` after each scene."""
+
+
+def predict_batch(args: Sequence[str | Path], model: str | Path, out_dir: str | Path,
+                  options: BatchOptions = BatchOptions(), progress: Progress | None = None,
+                  notify: Notify | None = None, stac: StacReader | None = None
+                  ) -> BatchSummary:
+    """Predict every scene ``args`` name into ``out_dir``; see the module docstring.
+
+    Bad flags, inputs or output folder raise one-line errors before any scene runs; a failed
+    scene is a ``failed`` result, not an exception.
+    """
+    spec = parse_cluster(options.cluster)
+    out_dir = _check_out_dir(Path(out_dir))
+    model = Path(model)
+    meta = read_meta(domain_bundle(model, options.predict.domain))
+    scenes = expand_scenes(args, stac)
+    jobs = plan_jobs(scenes, out_dir, model, options.predict)
+    if spec is not None and spec.threads_per_worker and options.predict.runtime.threads is None:
+        runtime = replace(options.predict.runtime, threads=spec.threads_per_worker)
+        jobs = [replace(j, options=replace(j.options, runtime=runtime)) for j in jobs]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    results: dict[Path, SceneResult] = {}
+    todo = []
+    for job in jobs:
+        if not job.options.overwrite and complete_prediction(
+                job.scene.path, job.out, job.options.outputs.paths.values()):
+            results[job.out] = _skipped(job, meta)
+        else:
+            todo.append(job)
+    if notify and len(todo) < len(jobs):
+        notify(f"{len(jobs) - len(todo)} of {len(jobs)} scene(s) already predicted in {out_dir}, "
+               "skipped (--overwrite redoes them)")
+    try:
+        with connect(spec) if spec else nullcontext() as client:
+            if client is not None and notify:
+                link = dashboard(client)
+                workers = len(client.scheduler_info().get("workers", {}))
+                notify(f"Dask cluster: {workers} worker(s)"
+                       + (f", dashboard {link}" if link else ""))
+            for done, result in enumerate(results.values(), start=1):
+                if progress:
+                    progress(result, done, len(jobs))
+            for job, outcome in run_tasks(predict_job, todo, client):
+                results[job.out] = outcome if isinstance(outcome, SceneResult) else _failed(
+                    job, f"the worker predicting it died ({_first_line(outcome)})")
+                if progress:
+                    progress(results[job.out], len(results), len(jobs))
+    finally:
+        ordered = tuple(results[j.out] for j in jobs if j.out in results)
+        if ordered:
+            write_summary(out_dir, ordered, meta)
+    return BatchSummary(out_dir, ordered, time.perf_counter() - start)
+
+
+def plan_jobs(scenes: Sequence[SceneInput], out_dir: Path, model: Path,
+              options: PredictOptions) -> list[SceneJob]:
+    """One job per scene: outputs named after it (``NAME_pred.tif``; the parent folder's name
+    is prefixed where two scenes share a name). Inputs that are outputs of this batch (a rerun
+    into the input folder) are left out, with a warning."""
+    _check_templates(options.outputs, len(scenes))
+    names = [s.name for s in scenes]
+    clashes = {n for n in names if names.count(n) > 1}
+    jobs = []
+    for scene in scenes:
+        name = f"{scene.path.parent.name}_{scene.name}" if scene.name in clashes else scene.name
+        outputs = OutputOptions(**{
+            **{f: getattr(options.outputs, f) for f in ("min_area", "simplify", "preview_bands")},
+            **{f: _scene_path(getattr(options.outputs, f), name, out_dir) for f in _TEMPLATED}})
+        jobs.append(SceneJob(scene, out_dir / f"{name}{SUFFIX}", model,
+                             replace(options, outputs=outputs)))
+    written = {p.resolve() for j in jobs for p in (j.out, *j.options.outputs.paths.values())}
+    kept = [j for j in jobs if j.scene.path.resolve() not in written]
+    if len(kept) < len(jobs):
+        warnings.warn(f"{len(jobs) - len(kept)} input(s) are outputs of this batch in "
+                      f"{out_dir}, left out", UserWarning, stacklevel=2)
+    outs = [j.out for j in kept]
+    twice = next((o for o in outs if outs.count(o) > 1), None)
+    if twice is not None:
+        same = [str(j.scene.path) for j in kept if j.out == twice]
+        raise UsageError(f"scenes {' and '.join(same)} would both be written to {twice}",
+                         "rename one or predict them into different --out-dir")
+    return kept
+
+
+def predict_job(job: SceneJob) -> SceneResult:
+    """Predict one scene (in this process or on a Dask worker); any error but a ConfigError
+    becomes a ``failed`` result."""
+    options = replace(job.options, runtime=replace(
+        job.options.runtime, threads=worker_threads(job.options.runtime.threads)))
+    try:
+        summary = predict_scene(job.scene.path, job.model, job.out, options,
+                                loader=cached_bundle)
+        meta = cached_bundle(domain_bundle(job.model, job.options.domain))[1]
+        pixels = _names(class_counts(job.out, meta.nodata_id).pixels, meta)
+        return SceneResult(job.scene.path, job.out, "ok", summary.width, summary.height,
+                           summary.seconds, pixels, "", tuple(summary.outputs))
+    except (ConfigError, UsageError):
+        raise  # the flags are wrong for every scene
+    except RssegError as err:
+        return _failed(job, str(err))
+    except Exception as err:  # a batch reports a scene's failure and goes on
+        return _failed(job, f"{type(err).__name__}: {_first_line(err)}")
+
+
+_BUNDLES: dict[tuple[str, int, int], tuple[nn.Module, BundleMeta]] = {}
+_BUNDLES_LOCK = threading.Lock()
+
+
+def cached_bundle(path: Path) -> tuple[nn.Module, BundleMeta]:
+    """:func:`load_bundle`, loaded once per process and file version (path, mtime, size)."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+    with _BUNDLES_LOCK:
+        if key not in _BUNDLES:
+            _BUNDLES.clear()
+            _BUNDLES[key] = load_bundle(path)
+        return _BUNDLES[key]
+
+
+def write_summary(out_dir: Path, results: Sequence[SceneResult], meta: BundleMeta) -> None:
+    """``summary.csv`` (one column per class) and ``summary.json``, replaced atomically."""
+    names = list(meta.class_table().names)
+    rows = [_row(r) for r in results]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow([*rows[0]] + [f"pixels {n}" for n in names])
+    for row, result in zip(rows, results, strict=True):
+        writer.writerow([*row.values()] + [result.pixels.get(n, 0) for n in names])
+    report = {"scenes": len(rows), **{s: sum(r["status"] == s for r in rows)
+                                      for s in ("ok", "skipped", "failed")},
+              "classes": names,
+              "results": [{**row, "pixels": r.pixels} for row, r in zip(rows, results,
+                                                                         strict=True)]}
+    with publishing() as pub:
+        pub.stage(out_dir / SUMMARY_CSV, overwrite=True).write_text(text.getvalue())
+        pub.stage(out_dir / SUMMARY_JSON, overwrite=True).write_text(
+            json.dumps(report, indent=1) + "\n")
+
+
+def _row(r: SceneResult) -> dict[str, object]:
+    size = r.out.stat().st_size if r.status != "failed" and r.out.is_file() else 0
+    return {"scene": str(r.scene), "output": str(r.out), "status": r.status, "width": r.width,
+            "height": r.height, "bytes": size, "seconds": round(r.seconds, 3),
+            "mpx_per_s": round(r.mpx_per_s, 4), "error": r.error}
+
+
+def _check_out_dir(out_dir: Path) -> Path:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out-dir {out_dir} is a file", "give a folder (new or existing)")
+    return out_dir
+
+
+def _check_templates(outputs: OutputOptions, scenes: int) -> None:
+    for flag, path in outputs.paths.items():
+        if "{scene}" not in str(path):
+            raise UsageError(f"{flag} {path} names one file for {scenes} scene(s)",
+                             f"put {{scene}} in the name, e.g. {flag} "
+                             f"'{{scene}}{Path(path).suffix}'")
+
+
+def _scene_path(template: Path | None, name: str, out_dir: Path) -> Path | None:
+    """``template`` with ``{scene}`` replaced; a relative one lands in ``out_dir``."""
+    if template is None:
+        return None
+    return out_dir / str(template).replace("{scene}", name)
+
+
+def _names(pixels: dict[int, int], meta: BundleMeta) -> dict[str, int]:
+    table = meta.class_table()
+    return {table.name_of(i): n for i, n in pixels.items()}
+
+
+def _skipped(job: SceneJob, meta: BundleMeta) -> SceneResult:
+    counts = class_counts(job.out, meta.nodata_id)
+    return SceneResult(job.scene.path, job.out, "skipped", counts.width, counts.height,
+                       pixels=_names(counts.pixels, meta))
+
+
+def _failed(job: SceneJob, error: str) -> SceneResult:
+    return SceneResult(job.scene.path, job.out, "failed", error=error)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
