@@ -19,12 +19,14 @@ from rich.text import Text
 
 from rsseg.cli import app
 from rsseg.errors import InputError
+from rsseg.io.inputs import expand_scenes
 from rsseg.pipelines.tile import TileOptions, tile_scenes
 
 
 @app.command()
 def tile(
-    scenes: list[Path] = typer.Argument(..., help="Scene rasters (GeoTIFF; PNG/JPEG warn).",
+    scenes: list[Path] = typer.Argument(..., help="Scene rasters (GeoTIFF; PNG/JPEG warn); "
+                                        "also folders, 'glob*.tif' patterns, .txt lists.",
                                         show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Tile-set folder to create."),
     size: int = typer.Option(256, help="Tile side in pixels."),
@@ -45,7 +47,8 @@ def tile(
                TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("tiling", total=None)
-        summary = tile_scenes(scenes, out, options,
+        paths = [scene.path for scene in expand_scenes(scenes)]
+        summary = tile_scenes(paths, out, options,
                               progress=lambda done, total: bar.update(task, completed=done,
                                                                       total=total))
     typer.echo(f"Wrote {summary.written} tiles to {summary.out} from {summary.scenes} scene(s); "
