@@ -66,6 +66,8 @@ def predict_many(scenes: Sequence[Path], model: Path, out: Path | None, out_dir:
     typer.echo(f"Predicted {ok} scene(s), skipped {skipped}, failed {failed} in {seconds:.1f} s "
                f"({rate:.3g} Mpx/s); summary in {summary.out_dir / 'summary.csv'} and "
                "summary.json")
+    if summary.mosaic is not None:
+        typer.echo(f"Mosaic: {summary.mosaic}")
     if failed:
         raise InputError(f"{failed} of {len(summary.results)} scene(s) failed (their errors are "
                          f"in {summary.out_dir / 'summary.csv'})",

@@ -53,6 +53,11 @@ def predict(
     cluster: str | None = typer.Option(None, help="Many scenes on Dask: local[:N] (N worker "
                                        "processes) or a scheduler address tcp://host:8786 "
                                        "[default: in this process]."),
+    mosaic: Path | None = typer.Option(None, help="Also assemble the scenes' class rasters "
+                                       "into this one COG (.tif) with the same sidecars."),
+    crs: str | None = typer.Option(None, help="--mosaic: its CRS, e.g. EPSG:32618; scenes in "
+                                   "other CRSs are reprojected (nearest) [default: the first "
+                                   "scene's]."),
     tile: int | None = typer.Option(None, help="Window side in pixels (default: the bundle's)."),
     overlap: int | None = typer.Option(None, help="Window overlap in pixels (default: the "
                                                   "bundle's)."),
@@ -103,8 +108,8 @@ def predict(
                              domain=domain,
                              runtime=RuntimeOptions(backend=backend.value,
                                                     precision=precision.value, threads=threads))
-    if len(scenes) > 1 or is_collection(scenes[0]) or out_dir or cluster:
-        predict_many(scenes, model, out, out_dir, BatchOptions(options, cluster))
+    if len(scenes) > 1 or is_collection(scenes[0]) or out_dir or cluster or mosaic or crs:
+        predict_many(scenes, model, out, out_dir, BatchOptions(options, cluster, mosaic, crs))
         return
     scene = scenes[0]
     if out is None:

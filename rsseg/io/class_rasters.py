@@ -2,28 +2,39 @@
 
 A batch (:mod:`rsseg.pipelines.batch`) counts each prediction's pixels per class for its
 summary, skips scenes whose prediction is already complete on a rerun, and assembles the
-predictions into one mosaic (:func:`write_mosaic`).
+predictions into one mosaic (:func:`write_mosaic`): a class COG with the same colour table and
+sidecars, aligned on the pixels (origin and resolution) of the first raster in the mosaic's CRS
+(else of the first raster, reprojected); rasters in other CRSs are reprojected with nearest
+resampling (exact transformation, no approximation); where rasters overlap, the first one
+listed that has a class there wins.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
+from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
 from rasterio.windows import Window
 
+from rsseg.classes import ClassTable
 from rsseg.errors import InputError
 from rsseg.grid import check_same_grid
 from rsseg.io.pam import aux_xml_path
 from rsseg.io.qml import qml_path
-from rsseg.io.raster import open_scene
+from rsseg.io.raster import SceneInfo, open_scene
+from rsseg.io.writer import class_raster_writer
 
-ROWS = 512  # rows read at a time
+ROWS = 512  # rows read and written at a time
 
 
 @dataclass(frozen=True)
@@ -61,3 +72,87 @@ def complete_prediction(scene: Path, out: Path, extras: Iterable[Path] = ()) -> 
                 return "CLASSES" in pred.src.tags()
     except (InputError, RasterioError):
         return False
+
+
+def parse_crs(text: str) -> CRS:
+    """``--crs`` (EPSG:32618, a WKT or PROJ string) as a CRS; InputError when it is none."""
+    try:
+        return CRS.from_user_input(text)
+    except CRSError as err:
+        raise InputError(f"--crs {text!r} is not a coordinate reference system ({err})",
+                         "give e.g. --crs EPSG:32618") from None
+
+
+def write_mosaic(rasters: Sequence[Path], out: Path, classes: ClassTable, nodata: int = 255,
+                 crs: CRS | None = None, overwrite: bool = False) -> SceneInfo:
+    """Assemble the class ``rasters`` into the class COG ``out`` (see the module docstring) in
+    ``crs`` (default: the first raster's); returns its grid."""
+    with ExitStack() as stack:
+        sources = [stack.enter_context(_open_georeferenced(p)) for p in rasters]
+        grid = _mosaic_grid(sources, crs or sources[0].crs, out)
+        boxes = [transform_bounds(s.crs, grid.crs, *s.bounds, densify_pts=21) for s in sources]
+        with class_raster_writer(out, grid, classes, nodata, overwrite) as writer:
+            for row in range(0, grid.height, ROWS):
+                rows = min(ROWS, grid.height - row)
+                band_transform = grid.transform * Affine.translation(0, row)
+                top, bottom = band_transform.f, band_transform.f + rows * band_transform.e
+                band = np.full((rows, grid.width), nodata, dtype=np.uint8)
+                for src, box in zip(sources, boxes, strict=True):
+                    if box[1] >= top or box[3] <= bottom:  # no overlap with these rows
+                        continue
+                    part = np.full_like(band, nodata)
+                    reproject(rasterio.band(src, 1), part, src_nodata=nodata, dst_nodata=nodata,
+                              dst_transform=band_transform, dst_crs=grid.crs,
+                              resampling=Resampling.nearest, tolerance=0)  # exact, not
+                    # GDAL's approximation to 1/8 pixel, which moves class borders
+                    np.copyto(band, part, where=band == nodata)
+                writer.write(row, band)
+    return grid
+
+
+def without_crs(scenes: Iterable[Path]) -> Path | None:
+    """The first of ``scenes`` that opens but has no CRS (it cannot join a mosaic), or None;
+    scenes that do not open are left to fail on their own."""
+    for scene in scenes:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(scene) as src:
+                    if src.crs is None:
+                        return scene
+        except RasterioError:
+            continue
+    return None
+
+
+@contextmanager
+def _open_georeferenced(path: Path) -> Iterator[rasterio.DatasetReader]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        src = rasterio.open(path)
+    with src:
+        if src.crs is None:
+            raise InputError(f"{path} has no CRS, so it has no place in a mosaic",
+                             "predict georeferenced scenes, or leave out --mosaic")
+        yield src
+
+
+def _mosaic_grid(sources: Sequence[rasterio.DatasetReader], crs: CRS, out: Path) -> SceneInfo:
+    """The grid covering every source in ``crs``, aligned on the pixels of the first source
+    in ``crs`` (else of the first source, reprojected)."""
+    same = [s for s in sources if s.crs == crs]
+    if same:
+        origin = same[0].transform
+    else:
+        first = sources[0]
+        origin, _, _ = calculate_default_transform(first.crs, crs, first.width, first.height,
+                                                   *first.bounds)
+    xres, yres = origin.a, -origin.e
+    boxes = [transform_bounds(s.crs, crs, *s.bounds, densify_pts=21) for s in sources]
+    left = origin.c + math.floor(round((min(b[0] for b in boxes) - origin.c) / xres, 6)) * xres
+    top = origin.f - math.floor(round((origin.f - max(b[3] for b in boxes)) / yres, 6)) * yres
+    width = math.ceil(round((max(b[2] for b in boxes) - left) / xres, 6))
+    height = math.ceil(round((top - min(b[1] for b in boxes)) / yres, 6))
+    return SceneInfo(path=out, width=width, height=height, count=1, dtype="uint8", crs=crs,
+                     transform=Affine(xres, 0.0, left, 0.0, -yres, top), nodata=None,
+                     block_shape=(ROWS, width), band_names=("class",), georeferenced=True)

@@ -23,18 +23,38 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from rsseg.distributed import connect, dashboard, parse_cluster, run_tasks, worker_threads
-from rsseg.errors import ConfigError, OutputError, RssegError, UsageError
-from rsseg.io.class_rasters import class_counts, complete_prediction
+from rsseg.distributed import (
+    ClusterSpec,
+    connect,
+    dashboard,
+    parse_cluster,
+    run_tasks,
+    worker_threads,
+)
+from rsseg.errors import ConfigError, InputError, OutputError, RssegError, UsageError
+from rsseg.io.atomic import check_output
+from rsseg.io.class_rasters import (
+    class_counts,
+    complete_prediction,
+    parse_crs,
+    without_crs,
+    write_mosaic,
+)
 from rsseg.io.inputs import SceneInput, StacReader, expand_scenes
+from rsseg.io.pam import aux_xml_path
 from rsseg.io.publish import publishing
+from rsseg.io.qml import qml_path
 from rsseg.models.bundle import BundleMeta, load_bundle, read_meta
 from rsseg.pipelines.outputs import OutputOptions
 from rsseg.pipelines.predict import PredictOptions, predict_scene
 from rsseg.regularizers.multidomain import domain_bundle
+
+if TYPE_CHECKING:
+    from rasterio.crs import CRS
 
 SUFFIX = "_pred.tif"
 SUMMARY_CSV = "summary.csv"
@@ -44,10 +64,13 @@ _TEMPLATED = ("confidence", "probs", "vector", "preview")
 
 @dataclass(frozen=True)
 class BatchOptions:
-    """``predict``'s flags (optional output names holding ``{scene}``) and ``--cluster``."""
+    """``predict``'s flags (optional output names holding ``{scene}``), ``--cluster``,
+    ``--mosaic`` and its ``--crs``."""
 
     predict: PredictOptions = field(default_factory=PredictOptions)
     cluster: str | None = None
+    mosaic: Path | None = None
+    crs: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +107,7 @@ class BatchSummary:
     out_dir: Path
     results: tuple[SceneResult, ...]
     seconds: float
+    mosaic: Path | None = None  # written or complete
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -105,54 +129,73 @@ def predict_batch(args: Sequence[str | Path], model: str | Path, out_dir: str | 
     scene is a ``failed`` result, not an exception.
     """
     spec = parse_cluster(options.cluster)
+    crs = _check_mosaic_flags(options)
     out_dir = _check_out_dir(Path(out_dir))
     model = Path(model)
     meta = read_meta(domain_bundle(model, options.predict.domain))
     scenes = expand_scenes(args, stac)
-    jobs = plan_jobs(scenes, out_dir, model, options.predict)
+    jobs = plan_jobs(scenes, out_dir, model, options.predict, options.mosaic)
     if spec is not None and spec.threads_per_worker and options.predict.runtime.threads is None:
         runtime = replace(options.predict.runtime, threads=spec.threads_per_worker)
         jobs = [replace(j, options=replace(j.options, runtime=runtime)) for j in jobs]
-    out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    results: dict[Path, SceneResult] = {}
-    todo = []
-    for job in jobs:
-        if not job.options.overwrite and complete_prediction(
-                job.scene.path, job.out, job.options.outputs.paths.values()):
-            results[job.out] = _skipped(job, meta)
-        else:
-            todo.append(job)
-    if notify and len(todo) < len(jobs):
-        notify(f"{len(jobs) - len(todo)} of {len(jobs)} scene(s) already predicted in {out_dir}, "
+    results = {j.out: _skipped(j, meta) for j in jobs if not j.options.overwrite
+               and complete_prediction(j.scene.path, j.out, j.options.outputs.paths.values())}
+    todo = [j for j in jobs if j.out not in results]
+    mosaic = options.mosaic
+    if mosaic is not None and not todo and _mosaic_complete(mosaic, [j.out for j in jobs]):
+        mosaic = None
+        if notify:
+            notify(f"{options.mosaic} is complete, kept")
+    if mosaic is not None:
+        check_output(mosaic, options.predict.overwrite)
+        plain = without_crs(j.scene.path for j in jobs)
+        if plain is not None:
+            raise InputError(f"{plain} has no CRS, so it has no place in a mosaic",
+                             "set its CRS (gdal_edit.py -a_srs), or leave out --mosaic")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if notify and results:
+        notify(f"{len(results)} of {len(jobs)} scene(s) already predicted in {out_dir}, "
                "skipped (--overwrite redoes them)")
     try:
-        with connect(spec) if spec else nullcontext() as client:
-            if client is not None and notify:
-                link = dashboard(client)
-                workers = len(client.scheduler_info().get("workers", {}))
-                notify(f"Dask cluster: {workers} worker(s)"
-                       + (f", dashboard {link}" if link else ""))
-            for done, result in enumerate(results.values(), start=1):
-                if progress:
-                    progress(result, done, len(jobs))
-            for job, outcome in run_tasks(predict_job, todo, client):
-                results[job.out] = outcome if isinstance(outcome, SceneResult) else _failed(
-                    job, f"the worker predicting it died ({_first_line(outcome)})")
-                if progress:
-                    progress(results[job.out], len(results), len(jobs))
+        _run(todo, results, len(jobs), spec, progress, notify)
     finally:
         ordered = tuple(results[j.out] for j in jobs if j.out in results)
         if ordered:
             write_summary(out_dir, ordered, meta)
-    return BatchSummary(out_dir, ordered, time.perf_counter() - start)
+    failed = sum(r.status == "failed" for r in ordered)
+    if mosaic is not None and failed and notify:
+        notify(f"Mosaic {mosaic} not written: {failed} scene(s) failed (rerun to finish them)")
+    elif mosaic is not None:
+        write_mosaic([r.out for r in ordered], mosaic, meta.class_table(), meta.nodata_id, crs,
+                     options.predict.overwrite)
+    return BatchSummary(out_dir, ordered, time.perf_counter() - start,
+                        None if failed else options.mosaic)
+
+
+def _run(todo: Sequence[SceneJob], results: dict[Path, SceneResult], total: int,
+         spec: ClusterSpec | None, progress: Progress | None, notify: Notify | None) -> None:
+    """Predict ``todo`` in this process or on the cluster, adding to ``results`` as they come."""
+    with connect(spec) if spec else nullcontext() as client:
+        if client is not None and notify:
+            link = dashboard(client)
+            workers = len(client.scheduler_info().get("workers", {}))
+            notify(f"Dask cluster: {workers} worker(s)" + (f", dashboard {link}" if link else ""))
+        for done, result in enumerate(results.values(), start=1):
+            if progress:
+                progress(result, done, total)
+        for job, outcome in run_tasks(predict_job, todo, client):
+            results[job.out] = outcome if isinstance(outcome, SceneResult) else _failed(
+                job, f"the worker predicting it died ({_first_line(outcome)})")
+            if progress:
+                progress(results[job.out], len(results), total)
 
 
 def plan_jobs(scenes: Sequence[SceneInput], out_dir: Path, model: Path,
-              options: PredictOptions) -> list[SceneJob]:
+              options: PredictOptions, mosaic: Path | None = None) -> list[SceneJob]:
     """One job per scene: outputs named after it (``NAME_pred.tif``; the parent folder's name
     is prefixed where two scenes share a name). Inputs that are outputs of this batch (a rerun
-    into the input folder) are left out, with a warning."""
+    into the input folder, or the ``mosaic``) are left out, with a warning."""
     _check_templates(options.outputs, len(scenes))
     names = [s.name for s in scenes]
     clashes = {n for n in names if names.count(n) > 1}
@@ -165,6 +208,7 @@ def plan_jobs(scenes: Sequence[SceneInput], out_dir: Path, model: Path,
         jobs.append(SceneJob(scene, out_dir / f"{name}{SUFFIX}", model,
                              replace(options, outputs=outputs)))
     written = {p.resolve() for j in jobs for p in (j.out, *j.options.outputs.paths.values())}
+    written |= {mosaic.resolve()} if mosaic is not None else set()
     kept = [j for j in jobs if j.scene.path.resolve() not in written]
     if len(kept) < len(jobs):
         warnings.warn(f"{len(jobs) - len(kept)} input(s) are outputs of this batch in "
@@ -238,6 +282,23 @@ def _row(r: SceneResult) -> dict[str, object]:
     return {"scene": str(r.scene), "output": str(r.out), "status": r.status, "width": r.width,
             "height": r.height, "bytes": size, "seconds": round(r.seconds, 3),
             "mpx_per_s": round(r.mpx_per_s, 4), "error": r.error}
+
+
+def _check_mosaic_flags(options: BatchOptions) -> CRS | None:
+    if options.crs is not None and options.mosaic is None:
+        raise UsageError("--crs is the mosaic's CRS", "add --mosaic MAP.tif, or leave out --crs")
+    if options.mosaic is not None and options.mosaic.suffix.lower() not in (".tif", ".tiff"):
+        raise UsageError(f"--mosaic {options.mosaic}: the mosaic is a Cloud-Optimized GeoTIFF",
+                         "name it .tif")
+    return None if options.crs is None else parse_crs(options.crs)
+
+
+def _mosaic_complete(mosaic: Path, rasters: Sequence[Path]) -> bool:
+    """``mosaic`` and its sidecars exist and are newer than every raster it assembles."""
+    parts = (mosaic, qml_path(mosaic), aux_xml_path(mosaic))
+    if not all(p.is_file() for p in parts):
+        return False
+    return mosaic.stat().st_mtime_ns >= max(r.stat().st_mtime_ns for r in rasters)
 
 
 def _check_out_dir(out_dir: Path) -> Path:
