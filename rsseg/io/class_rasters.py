@@ -1,17 +1,15 @@
-"""Finished class rasters read back: pixels per class, whether a prediction is complete, mosaics.
+"""Finished class rasters read back: pixels per class, mosaics.
 
 A batch (:mod:`rsseg.pipelines.batch`) counts each prediction's pixels per class for its
-summary, skips scenes whose prediction is already complete on a rerun, and assembles the
-predictions into one mosaic (:func:`write_mosaic`): a class COG with the same colour table and
-sidecars, aligned on the pixels (origin and resolution) of the first raster in the mosaic's CRS
-(else of the first raster, reprojected); rasters in other CRSs are reprojected with nearest
-resampling (exact transformation, no approximation); where rasters overlap, the first one
-listed that has a class there wins.
+summary and assembles the predictions into one mosaic (:func:`write_mosaic`): a class COG with
+the same colour table and sidecars, aligned on the pixels (origin and resolution) of the first
+raster in the mosaic's CRS (else of the first raster, reprojected); rasters in other CRSs are
+reprojected with nearest resampling (exact transformation, no approximation); where rasters
+overlap, the first one listed that has a class there wins.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -28,10 +26,8 @@ from rasterio.windows import Window
 
 from rsseg.classes import ClassTable
 from rsseg.errors import InputError
-from rsseg.grid import check_same_grid
-from rsseg.io.pam import aux_xml_path
-from rsseg.io.qml import qml_path
-from rsseg.io.raster import SceneInfo, open_scene
+from rsseg.io.extent import covering_grid
+from rsseg.io.raster import SceneInfo
 from rsseg.io.writer import class_raster_writer
 
 ROWS = 512  # rows read and written at a time
@@ -57,21 +53,6 @@ def class_counts(path: Path, nodata: int = 255) -> ClassCounts:
         width, height = src.width, src.height
     counts[nodata] = 0
     return ClassCounts(width, height, {int(i): int(counts[i]) for i in np.flatnonzero(counts)})
-
-
-def complete_prediction(scene: Path, out: Path, extras: Iterable[Path] = ()) -> bool:
-    """``out`` is rsseg's finished class raster of ``scene``: it and its ``.qml``/``.aux.xml``
-    (and ``extras``) exist, it opens, carries the classes and lies on the scene's grid."""
-    if not all(p.is_file() for p in (out, qml_path(out), aux_xml_path(out), *extras)):
-        return False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a missing CRS was reported when it was predicted
-            with open_scene(scene) as src, open_scene(out) as pred:
-                check_same_grid(src.info, pred.info, "")
-                return "CLASSES" in pred.src.tags()
-    except (InputError, RasterioError):
-        return False
 
 
 def parse_crs(text: str) -> CRS:
@@ -142,17 +123,13 @@ def _mosaic_grid(sources: Sequence[rasterio.DatasetReader], crs: CRS, out: Path)
     in ``crs`` (else of the first source, reprojected)."""
     same = [s for s in sources if s.crs == crs]
     if same:
-        origin = same[0].transform
+        pixels = same[0].transform
     else:
         first = sources[0]
-        origin, _, _ = calculate_default_transform(first.crs, crs, first.width, first.height,
+        pixels, _, _ = calculate_default_transform(first.crs, crs, first.width, first.height,
                                                    *first.bounds)
-    xres, yres = origin.a, -origin.e
     boxes = [transform_bounds(s.crs, crs, *s.bounds, densify_pts=21) for s in sources]
-    left = origin.c + math.floor(round((min(b[0] for b in boxes) - origin.c) / xres, 6)) * xres
-    top = origin.f - math.floor(round((origin.f - max(b[3] for b in boxes)) / yres, 6)) * yres
-    width = math.ceil(round((max(b[2] for b in boxes) - left) / xres, 6))
-    height = math.ceil(round((top - min(b[1] for b in boxes)) / yres, 6))
+    transform, width, height = covering_grid(pixels, boxes)
     return SceneInfo(path=out, width=width, height=height, count=1, dtype="uint8", crs=crs,
-                     transform=Affine(xres, 0.0, left, 0.0, -yres, top), nodata=None,
-                     block_shape=(ROWS, width), band_names=("class",), georeferenced=True)
+                     transform=transform, nodata=None, block_shape=(ROWS, width),
+                     band_names=("class",), georeferenced=True)

@@ -19,7 +19,7 @@ import json
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from rsseg.classes import raster_classes
 from rsseg.distributed import (
     ClusterSpec,
     connect,
@@ -36,18 +37,14 @@ from rsseg.distributed import (
     worker_threads,
 )
 from rsseg.errors import ConfigError, InputError, OutputError, RssegError, UsageError
+from rsseg.grid import check_same_grid
 from rsseg.io.atomic import check_output
-from rsseg.io.class_rasters import (
-    class_counts,
-    complete_prediction,
-    parse_crs,
-    without_crs,
-    write_mosaic,
-)
+from rsseg.io.class_rasters import class_counts, parse_crs, without_crs, write_mosaic
 from rsseg.io.inputs import SceneInput, StacReader, expand_scenes
 from rsseg.io.pam import aux_xml_path
 from rsseg.io.publish import publishing
 from rsseg.io.qml import qml_path
+from rsseg.io.raster import open_scene
 from rsseg.models.bundle import BundleMeta, load_bundle, read_meta
 from rsseg.pipelines.outputs import OutputOptions
 from rsseg.pipelines.predict import PredictOptions, predict_scene
@@ -291,6 +288,21 @@ def _check_mosaic_flags(options: BatchOptions) -> CRS | None:
         raise UsageError(f"--mosaic {options.mosaic}: the mosaic is a Cloud-Optimized GeoTIFF",
                          "name it .tif")
     return None if options.crs is None else parse_crs(options.crs)
+
+
+def complete_prediction(scene: Path, out: Path, extras: Iterable[Path] = ()) -> bool:
+    """``out`` is rsseg's finished class raster of ``scene``: it and its ``.qml``/``.aux.xml``
+    (and ``extras``) exist, it opens, carries the classes and lies on the scene's grid."""
+    if not all(p.is_file() for p in (out, qml_path(out), aux_xml_path(out), *extras)):
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a missing CRS was reported when it was predicted
+            with open_scene(scene) as src, open_scene(out) as pred:
+                check_same_grid(src.info, pred.info, "")
+                return raster_classes(pred) is not None
+    except InputError:
+        return False
 
 
 def _mosaic_complete(mosaic: Path, rasters: Sequence[Path]) -> bool:
