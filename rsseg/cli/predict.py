@@ -42,7 +42,8 @@ class Backend(str, Enum):
 @app.command()
 def predict(
     scenes: list[Path] = typer.Argument(..., help="Scene rasters with the model's bands; "
-                                        "also folders, 'glob*.tif' patterns, .txt lists.",
+                                        "also folders, 'glob*.tif' patterns, .txt lists, "
+                                        "STAC Item/ItemCollection/Catalog JSON.",
                                         show_default=False),
     model: Path = typer.Option(..., "--model", "-m", help="Model bundle (.rsseg)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Class raster of one scene (COG "
@@ -58,6 +59,9 @@ def predict(
     crs: str | None = typer.Option(None, help="--mosaic: its CRS, e.g. EPSG:32618; scenes in "
                                    "other CRSs are reprojected (nearest) [default: the first "
                                    "scene's]."),
+    assets: str | None = typer.Option(None, help="STAC items: the asset keys stacked as the "
+                                      "model's bands, e.g. B04,B03,B02,B08 [default: the "
+                                      "assets whose key, band or common name is the band's]."),
     tile: int | None = typer.Option(None, help="Window side in pixels (default: the bundle's)."),
     overlap: int | None = typer.Option(None, help="Window overlap in pixels (default: the "
                                                   "bundle's)."),
@@ -96,6 +100,7 @@ def predict(
     from rsseg.cli.many import predict_many
     from rsseg.inference.runtime import RuntimeOptions
     from rsseg.io.inputs import is_collection
+    from rsseg.io.stac import parse_assets
     from rsseg.pipelines.batch import BatchOptions
     from rsseg.pipelines.outputs import OutputOptions
     from rsseg.pipelines.predict import PredictOptions, predict_scene  # loads torch
@@ -108,8 +113,10 @@ def predict(
                              domain=domain,
                              runtime=RuntimeOptions(backend=backend.value,
                                                     precision=precision.value, threads=threads))
-    if len(scenes) > 1 or is_collection(scenes[0]) or out_dir or cluster or mosaic or crs:
-        predict_many(scenes, model, out, out_dir, BatchOptions(options, cluster, mosaic, crs))
+    if len(scenes) > 1 or is_collection(scenes[0]) or out_dir or cluster or mosaic or crs \
+            or assets:
+        predict_many(scenes, model, out, out_dir,
+                     BatchOptions(options, cluster, mosaic, crs, parse_assets(assets)))
         return
     scene = scenes[0]
     if out is None:

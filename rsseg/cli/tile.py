@@ -19,14 +19,17 @@ from rich.text import Text
 
 from rsseg.cli import app
 from rsseg.errors import InputError
+from rsseg.io.cache import cache_dir
 from rsseg.io.inputs import expand_scenes
+from rsseg.io.stac import check_assets_used, parse_assets, stac_reader
 from rsseg.pipelines.tile import TileOptions, tile_scenes
 
 
 @app.command()
 def tile(
     scenes: list[Path] = typer.Argument(..., help="Scene rasters (GeoTIFF; PNG/JPEG warn); "
-                                        "also folders, 'glob*.tif' patterns, .txt lists.",
+                                        "also folders, 'glob*.tif' patterns, .txt lists, "
+                                        "STAC Item/ItemCollection/Catalog JSON.",
                                         show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Tile-set folder to create."),
     size: int = typer.Option(256, help="Tile side in pixels."),
@@ -37,6 +40,9 @@ def tile(
     random: int | None = typer.Option(None, help="Random mode: N windows per scene."),
     seed: int = typer.Option(0, help="Seed of random mode."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+    assets: str | None = typer.Option(None, help="STAC items: the asset keys stacked as bands, "
+                                      "e.g. B02,B03,B04,B08 [default: every single-band asset "
+                                      "with a common name]."),
 ) -> None:
     """Cut scenes into GeoTIFF tiles (grid or random) with manifest.csv and stats.json."""
     options = TileOptions(size=size, stride=stride, max_nodata=max_nodata, nodata=nodata,
@@ -47,7 +53,10 @@ def tile(
                TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("tiling", total=None)
-        paths = [scene.path for scene in expand_scenes(scenes)]
+        keys = parse_assets(assets)
+        found = expand_scenes(scenes, stac_reader(cache_dir() / "stac", keys))
+        check_assets_used(keys, found)
+        paths = [scene.path for scene in found]
         summary = tile_scenes(paths, out, options,
                               progress=lambda done, total: bar.update(task, completed=done,
                                                                       total=total))

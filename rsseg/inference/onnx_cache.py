@@ -9,7 +9,6 @@ graph exported from another bundle is never run. The cache folder is ``$RSSEG_CA
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +16,12 @@ import torch
 from torch import nn
 
 from rsseg.errors import OutputError
+from rsseg.io.cache import cache_dir
 from rsseg.io.publish import publishing
 from rsseg.models.bundle import BundleMeta
 from rsseg.models.onnx_export import MAX_ABS_DIFF, OPSET, export_graph, require_onnx
 
 DIGEST_KEY = "rsseg_bundle_sha256"
-
-
-def cache_dir() -> Path:
-    """Where cached graphs live (created on first use)."""
-    root = os.environ.get("RSSEG_CACHE_DIR")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "rsseg"
 
 
 def file_sha256(path: Path) -> str:

@@ -1,14 +1,15 @@
 """``rsseg predict`` over many scenes: one class raster per scene, a summary, resumable.
 
-The scene arguments (files, folders, patterns, list files: :mod:`rsseg.io.inputs`) become one
-job per scene writing ``OUT_DIR/NAME_pred.tif`` with its sidecars, and the optional outputs
-whose names hold ``{scene}``. A scene whose outputs are already complete is skipped (unless
-``--overwrite``), so a rerun finishes an interrupted batch. Jobs run in this process or as tasks
-on a Dask cluster (:mod:`rsseg.distributed`); either way each process loads the model once
-(:func:`cached_bundle`). A scene that fails is recorded with its one-line error and the others
-go on; an error of the flags themselves (a ConfigError) stops the batch. ``summary.csv`` and
-``summary.json`` in ``OUT_DIR`` list every scene: status, size, seconds, Mpx/s, pixels per
-class, error.
+The scene arguments (files, folders, patterns, list files: :mod:`rsseg.io.inputs`; STAC
+items: :mod:`rsseg.io.stac`) become one job per scene writing ``OUT_DIR/NAME_pred.tif`` with
+its sidecars, and the optional outputs whose names hold ``{scene}``. A scene whose outputs are
+already complete is skipped (unless ``--overwrite``), so a rerun finishes an interrupted batch.
+Jobs run in this process or as tasks on a Dask cluster (:mod:`rsseg.distributed`); either way
+each process loads the model once (:func:`cached_bundle`). A scene that fails is recorded with
+its one-line error and the others go on; an error of the flags themselves (a ConfigError) stops
+the batch. ``summary.csv`` and ``summary.json`` in ``OUT_DIR`` list every scene: status, size,
+seconds, Mpx/s, pixels per class, error. ``--mosaic`` assembles the class rasters into one
+(:func:`~rsseg.io.class_rasters.write_mosaic`) once every scene succeeded.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ from rsseg.distributed import (
 from rsseg.errors import ConfigError, InputError, OutputError, RssegError, UsageError
 from rsseg.grid import check_same_grid
 from rsseg.io.atomic import check_output
+from rsseg.io.cache import cache_dir
 from rsseg.io.class_rasters import class_counts, parse_crs, without_crs, write_mosaic
-from rsseg.io.inputs import SceneInput, StacReader, expand_scenes
+from rsseg.io.inputs import SceneInput, expand_scenes
 from rsseg.io.pam import aux_xml_path
 from rsseg.io.publish import publishing
 from rsseg.io.qml import qml_path
 from rsseg.io.raster import open_scene
+from rsseg.io.stac import check_assets_used, ensure_vrt, stac_reader
 from rsseg.models.bundle import BundleMeta, load_bundle, read_meta
 from rsseg.pipelines.outputs import OutputOptions
 from rsseg.pipelines.predict import PredictOptions, predict_scene
@@ -62,12 +65,13 @@ _TEMPLATED = ("confidence", "probs", "vector", "preview")
 @dataclass(frozen=True)
 class BatchOptions:
     """``predict``'s flags (optional output names holding ``{scene}``), ``--cluster``,
-    ``--mosaic`` and its ``--crs``."""
+    ``--mosaic`` and its ``--crs``, ``--assets`` of STAC items."""
 
     predict: PredictOptions = field(default_factory=PredictOptions)
     cluster: str | None = None
     mosaic: Path | None = None
     crs: str | None = None
+    assets: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,7 @@ Progress = Callable[[SceneResult, int, int], None]
 
 def predict_batch(args: Sequence[str | Path], model: str | Path, out_dir: str | Path,
                   options: BatchOptions = BatchOptions(), progress: Progress | None = None,
-                  notify: Notify | None = None, stac: StacReader | None = None
-                  ) -> BatchSummary:
+                  notify: Notify | None = None) -> BatchSummary:
     """Predict every scene ``args`` name into ``out_dir``; see the module docstring.
 
     Bad flags, inputs or output folder raise one-line errors before any scene runs; a failed
@@ -130,7 +133,9 @@ def predict_batch(args: Sequence[str | Path], model: str | Path, out_dir: str | 
     out_dir = _check_out_dir(Path(out_dir))
     model = Path(model)
     meta = read_meta(domain_bundle(model, options.predict.domain))
-    scenes = expand_scenes(args, stac)
+    bands = [b.name for b in meta.bands]
+    scenes = expand_scenes(args, stac_reader(cache_dir() / "stac", options.assets, bands))
+    check_assets_used(options.assets, scenes)
     jobs = plan_jobs(scenes, out_dir, model, options.predict, options.mosaic)
     if spec is not None and spec.threads_per_worker and options.predict.runtime.threads is None:
         runtime = replace(options.predict.runtime, threads=spec.threads_per_worker)
@@ -225,7 +230,7 @@ def predict_job(job: SceneJob) -> SceneResult:
     options = replace(job.options, runtime=replace(
         job.options.runtime, threads=worker_threads(job.options.runtime.threads)))
     try:
-        summary = predict_scene(job.scene.path, job.model, job.out, options,
+        summary = predict_scene(ensure_vrt(job.scene), job.model, job.out, options,
                                 loader=cached_bundle)
         meta = cached_bundle(domain_bundle(job.model, job.options.domain))[1]
         pixels = _names(class_counts(job.out, meta.nodata_id).pixels, meta)
