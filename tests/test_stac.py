@@ -84,6 +84,7 @@ def test_an_item_predicts_as_its_stacked_bands_at_the_finest_resolution(
         np.testing.assert_array_equal(vrt.read(), stack)  # B08 repeated 2x2, nearest
     result = run_cli("predict", item, "--model", rgbn_bundle, "--out-dir", tmp_path / "out")
     assert result.exit_code == 0, result
+    assert f"[1/1] ok {item}#S2A_18TXR_20240601 -> " in result.stdout
     out = tmp_path / "out" / "S2A_18TXR_20240601_pred.tif"
     with rasterio.open(out) as pred:
         assert (pred.crs.to_epsg(), pred.transform) == (32618, GRID10)

@@ -83,13 +83,15 @@ def predict(
                                            "x 255 (uint8 COG, nodata 0); with --out-dir a "
                                            "name holding {scene}."),
     probs: Path | None = typer.Option(None, help="Also write per-class probabilities x 255 "
-                                      "(uint8 COG, one band per class)."),
+                                      "(uint8 COG, one band per class); with --out-dir a name "
+                                      "holding {scene}."),
     vector: Path | None = typer.Option(None, help="Also write polygons per class (.gpkg, .fgb "
-                                       "or .parquet)."),
+                                       "or .parquet); with --out-dir a name holding {scene}."),
     min_area: float = typer.Option(0.0, help="--vector: drop polygons smaller than this (m²)."),
     simplify: float = typer.Option(0.0, help="--vector: simplification tolerance (CRS units)."),
     preview: Path | None = typer.Option(None, help="Also write a PNG quicklook: scene RGB, "
-                                        "prediction, legend."),
+                                        "prediction, legend; with --out-dir a name holding "
+                                        "{scene}."),
     preview_bands: str | None = typer.Option(None, help="--preview bands R,G,B (names or "
                                              "1-based numbers; default: red, green, blue)."),
 ) -> None:

@@ -28,11 +28,18 @@ StacReader = Callable[[Path], "list[SceneInput]"]
 @dataclass(frozen=True)
 class SceneInput:
     """One scene to process: ``name`` names its outputs, ``path`` is what GDAL opens;
-    ``vrt`` is the VRT XML to write at ``path`` first (a STAC item's stacked assets)."""
+    ``vrt`` is the VRT XML to write at ``path`` first and ``source`` where it comes from (a
+    STAC item's stacked assets: ``catalog.json#ITEM_ID``)."""
 
     name: str
     path: Path
     vrt: str | None = None
+    source: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How reports name the scene."""
+        return self.source or str(self.path)
 
 
 def is_collection(arg: str | Path) -> bool:

@@ -84,7 +84,7 @@ def stac_scenes(path: Path, vrt_dir: Path, assets: Sequence[str] | None = None,
                        f"{path}: item {item.id}")
         name = re.sub(r"[^\w.-]+", "_", item.id)
         digest = hashlib.sha256(xml.encode()).hexdigest()[:16]
-        scene = SceneInput(name, vrt_dir / f"{name}-{digest}.vrt", xml)
+        scene = SceneInput(name, vrt_dir / f"{name}-{digest}.vrt", xml, f"{path}#{item.id}")
         ensure_vrt(scene)
         scenes.append(scene)
     return scenes

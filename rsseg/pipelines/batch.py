@@ -88,7 +88,7 @@ class SceneJob:
 class SceneResult:
     """One row of the summary; ``status`` is ok, skipped (complete already) or failed."""
 
-    scene: Path
+    scene: str  # the scene's file, or its STAC document and item id
     out: Path
     status: str
     width: int = 0
@@ -218,7 +218,7 @@ def plan_jobs(scenes: Sequence[SceneInput], out_dir: Path, model: Path,
     outs = [j.out for j in kept]
     twice = next((o for o in outs if outs.count(o) > 1), None)
     if twice is not None:
-        same = [str(j.scene.path) for j in kept if j.out == twice]
+        same = [j.scene.label for j in kept if j.out == twice]
         raise UsageError(f"scenes {' and '.join(same)} would both be written to {twice}",
                          "rename one or predict them into different --out-dir")
     return kept
@@ -234,7 +234,7 @@ def predict_job(job: SceneJob) -> SceneResult:
                                 loader=cached_bundle)
         meta = cached_bundle(domain_bundle(job.model, job.options.domain))[1]
         pixels = _names(class_counts(job.out, meta.nodata_id).pixels, meta)
-        return SceneResult(job.scene.path, job.out, "ok", summary.width, summary.height,
+        return SceneResult(job.scene.label, job.out, "ok", summary.width, summary.height,
                            summary.seconds, pixels, "", tuple(summary.outputs))
     except (ConfigError, UsageError):
         raise  # the flags are wrong for every scene
@@ -281,7 +281,7 @@ def write_summary(out_dir: Path, results: Sequence[SceneResult], meta: BundleMet
 
 def _row(r: SceneResult) -> dict[str, object]:
     size = r.out.stat().st_size if r.status != "failed" and r.out.is_file() else 0
-    return {"scene": str(r.scene), "output": str(r.out), "status": r.status, "width": r.width,
+    return {"scene": r.scene, "output": str(r.out), "status": r.status, "width": r.width,
             "height": r.height, "bytes": size, "seconds": round(r.seconds, 3),
             "mpx_per_s": round(r.mpx_per_s, 4), "error": r.error}
 
@@ -346,12 +346,12 @@ def _names(pixels: dict[int, int], meta: BundleMeta) -> dict[str, int]:
 
 def _skipped(job: SceneJob, meta: BundleMeta) -> SceneResult:
     counts = class_counts(job.out, meta.nodata_id)
-    return SceneResult(job.scene.path, job.out, "skipped", counts.width, counts.height,
+    return SceneResult(job.scene.label, job.out, "skipped", counts.width, counts.height,
                        pixels=_names(counts.pixels, meta))
 
 
 def _failed(job: SceneJob, error: str) -> SceneResult:
-    return SceneResult(job.scene.path, job.out, "failed", error=error)
+    return SceneResult(job.scene.label, job.out, "failed", error=error)
 
 
 def _first_line(err: BaseException) -> str:
