@@ -188,12 +188,13 @@ def test_one_scene_without_out_is_named_after_it_here(geotiff_factory, rgbn_bund
 
 
 def test_scenes_of_the_same_name_take_their_folders_name(geotiff_factory, rgbn_bundle,
-                                                         tmp_path) -> None:
-    scenes = [_scene(geotiff_factory, f"{zone}/tile.tif", i)
-              for i, zone in enumerate(("north", "south"))]
-    summary = predict_batch(scenes, rgbn_bundle, tmp_path / "out")
+                                                         tmp_path, monkeypatch) -> None:
+    _scene(geotiff_factory, "north/tile.tif", 1)
+    _scene(geotiff_factory, "tile.tif", 2)
+    monkeypatch.chdir(tmp_path)
+    summary = predict_batch(["north/tile.tif", "tile.tif"], rgbn_bundle, "out")
     assert [r.out.name for r in summary.results] == ["north_tile_pred.tif",
-                                                     "south_tile_pred.tif"]
+                                                     f"{tmp_path.name}_tile_pred.tif"]
 
 
 def test_a_rerun_into_the_input_folder_leaves_the_predictions_out(geotiff_factory, rgbn_bundle,

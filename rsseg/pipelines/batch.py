@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import threading
 import time
 import warnings
@@ -203,7 +204,8 @@ def plan_jobs(scenes: Sequence[SceneInput], out_dir: Path, model: Path,
     clashes = {n for n in names if names.count(n) > 1}
     jobs = []
     for scene in scenes:
-        name = f"{scene.path.parent.name}_{scene.name}" if scene.name in clashes else scene.name
+        folder = scene.path.resolve().parent.name
+        name = f"{folder}_{scene.name}" if scene.name in clashes else scene.name
         outputs = OutputOptions(**{
             **{f: getattr(options.outputs, f) for f in ("min_area", "simplify", "preview_bands")},
             **{f: _scene_path(getattr(options.outputs, f), name, out_dir) for f in _TEMPLATED}})
@@ -321,6 +323,8 @@ def _mosaic_complete(mosaic: Path, rasters: Sequence[Path]) -> bool:
 def _check_out_dir(out_dir: Path) -> Path:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--out-dir {out_dir} is a file", "give a folder (new or existing)")
+    if out_dir.is_dir() and not os.access(out_dir, os.W_OK):
+        raise OutputError(f"--out-dir {out_dir} is not writable", "choose another --out-dir")
     return out_dir
 
 
