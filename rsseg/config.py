@@ -231,7 +231,13 @@ def _parse_set(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r} is not key=value", "e.g. --set optim.lr=0.001")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        return key.strip().split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as err:  # unclosed brackets, a !!python tag (never executed)...
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem})",
+                          "quote it or fix its brackets, e.g. --set optim.betas=[0.9,0.99]"
+                          ) from None
 
 
 def _merge(base: dict[str, Any], keys: list[str], value: Any) -> None:

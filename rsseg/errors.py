@@ -9,6 +9,7 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 class RssegError(Exception):
@@ -49,6 +50,7 @@ class Stopped(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+        self.checkpoint: Path | None = None  # set by a training run that can be resumed
 
     @property
     def exit_code(self) -> int:

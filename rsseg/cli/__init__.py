@@ -7,10 +7,12 @@ stop a command with one line and exit code 130/143 (:func:`rsseg.errors.stop_sig
 
 from __future__ import annotations
 
+import errno
 import importlib
 import signal
 import sys
 import warnings
+from pathlib import Path
 
 import typer
 
@@ -39,14 +41,19 @@ for _name in _COMMAND_MODULES:
             raise
 
 
-_TRAINING_COMMANDS = ("pretrain", "finetune")
+# OS errors of the disk or the mount rather than of rsseg: one line, not a traceback
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
 
 
-def _left_behind() -> str:
-    """What an interrupted command leaves: nothing partial; training adds how to continue."""
-    if not set(sys.argv[1:2]) & set(_TRAINING_COMMANDS):
+_RESUMABLE_COMMANDS = ("pretrain", "finetune")  # the commands with --resume
+
+
+def _left_behind(checkpoint: Path | None = None) -> str:
+    """What an interrupted command leaves: nothing partial; a training run that has a
+    checkpoint adds how to continue it."""
+    if checkpoint is None or not set(sys.argv[1:2]) & set(_RESUMABLE_COMMANDS):
         return "no partial output was left"
-    return ("no partial output was left; a training run keeps its last finished epoch "
+    return (f"no partial output was left; the run keeps its last finished epoch in {checkpoint} "
             "(continue it with --resume)")
 
 
@@ -70,14 +77,20 @@ def main() -> None:
         sys.exit(err.exit_code)
     except Stopped as stop:  # Ctrl-C or SIGTERM (stop_signals_raise: never a KeyboardInterrupt)
         name = "Interrupted" if stop.signum == signal.SIGINT else "Stopped by SIGTERM"
-        typer.echo(f"{name}; {_left_behind()}.", err=True)
+        typer.echo(f"{name}; {_left_behind(stop.checkpoint)}.", err=True)
         sys.exit(stop.exit_code)
+    except OSError as err:
+        if err.errno not in _DISK_ERRNOS:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        typer.echo(f"Error: {err.strerror}{where}; check free space and permissions", err=True)
+        sys.exit(1)
     except RuntimeError as err:
         if "DataLoader worker" not in str(err):
             raise
         # e.g. `pkill -f "rsseg pretrain"` reaches the workers before this process
         typer.echo(f"Error: a data-loading worker stopped ({str(err).strip().rstrip('.')}); "
-                   f"{_left_behind()}.", err=True)
+                   f"{_left_behind(getattr(err, 'checkpoint', None))}.", err=True)
         sys.exit(1)
     except MemoryError as err:  # e.g. an absurd --size: numpy names the allocation
         typer.echo(f"Error: not enough memory ({str(err).strip() or 'allocation failed'}); "

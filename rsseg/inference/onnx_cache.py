@@ -61,7 +61,7 @@ def runtime_graph(bundle: Path, net: nn.Module, meta: BundleMeta, height: int,
                           f"(more than {MAX_ABS_DIFF:g})", "use --backend torch")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with publishing() as pub:
+        with publishing(lock=False) as pub:  # concurrent runs cache the same bytes
             pub.stage(path, overwrite=True).write_bytes(data)
     except OSError as err:
         raise OutputError(f"cannot cache the ONNX graph in {path.parent}: {err.strerror}",

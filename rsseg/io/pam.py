@@ -56,5 +56,5 @@ def write_category_aux_xml(raster: str | Path, classes: ClassTable, overwrite: b
     """Write ``raster``'s PAM sidecar with its class names (atomically); returns its path."""
     path = aux_xml_path(raster)
     with publishing(publication) as pub:
-        pub.stage(path, overwrite).write_text(category_aux_xml(classes), encoding="utf-8")
+        pub.write(path, category_aux_xml(classes), overwrite)
     return path

@@ -62,5 +62,5 @@ def write_qml(raster: str | Path, classes: ClassTable, nodata: int | None = 255,
     """
     path = qml_path(raster)
     with publishing(publication) as pub:
-        pub.stage(path, overwrite).write_text(paletted_qml(classes, nodata), encoding="utf-8")
+        pub.write(path, paletted_qml(classes, nodata), overwrite)
     return path

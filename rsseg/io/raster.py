@@ -24,7 +24,8 @@ from rasterio.errors import (
 from rasterio.windows import Window, intersect
 from rasterio.windows import transform as window_transform
 
-from rsseg.errors import InputError, OutputError
+from rsseg.errors import InputError
+from rsseg.io.gdal_errors import gdal_write_errors
 from rsseg.tiling.windows import align_stop
 
 # Reads are extended to block boundaries only for blocks up to this many rows; taller blocks
@@ -211,21 +212,18 @@ def write_tile(path: Path, pixels: np.ndarray, scene: Scene, window: Window) -> 
         "count": pixels.shape[0], "dtype": pixels.dtype, "nodata": info.nodata,
         "compress": "deflate", "predictor": 3 if pixels.dtype.kind == "f" else 2,
     }
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            warnings.simplefilter("ignore", PendingDeprecationWarning)  # affine's `*` in rasterio
-            if info.georeferenced:
-                profile.update(crs=info.crs, transform=window_transform(window, info.transform))
-            with rasterio.open(path, "w", **profile) as dst:
-                dst.write(pixels)
-                for i, name in enumerate(scene.band_names, start=1):
-                    dst.set_band_description(i, name)
-                dst.update_tags(source=str(info.path), col_off=int(window.col_off),
-                                row_off=int(window.row_off))
-    except RasterioError as err:
-        raise OutputError(f"cannot write tile {path} ({_first_line(err)})",
-                          "check free space and permissions of --out") from None
+    with gdal_write_errors(path, "check free space and permissions of --out"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # affine's `*` in rasterio
+        if info.georeferenced:
+            profile.update(crs=info.crs, transform=window_transform(window, info.transform))
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(pixels)
+            for i, name in enumerate(scene.band_names, start=1):
+                dst.set_band_description(i, name)
+            dst.update_tags(source=str(info.path), col_off=int(window.col_off),
+                            row_off=int(window.row_off))
 
 
 def _parse_bands(bands: Sequence[int] | None, count: int, path: Path) -> tuple[int, ...]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import rasterio
 from rasterio.windows import Window
 
 from rsseg.errors import InputError
@@ -175,9 +176,24 @@ def _load_written(root: Path) -> TileSet:
     if missing:
         raise InputError(f"{root}: {len(missing)} tile(s) of {MANIFEST} are missing, "
                          f"e.g. {missing[0]}", "re-run `rsseg tile` to rewrite the tile set")
-    with _quiet(), open_scene(paths[0]) as first:
-        _check_same(paths[0], _signature(first.info), root / STATS, (len(stats), dtype, nodata))
+    _check_finite(root / STATS, stats)
+    # every tile's header (~1 ms each): one tile with other bands would stop training later
+    # with a traceback from deep inside the data loader
+    with _quiet(), rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+        for path in paths:
+            with open_scene(path) as tile:
+                _check_same(path, _signature(tile.info), root / STATS, (len(stats), dtype, nodata))
     return TileSet(root, paths, stats, dtype, nodata, tile_size)
+
+
+def _check_finite(path: Path, stats: tuple[BandStats, ...]) -> None:
+    """Refuse statistics that would poison training (NaN/inf mean or std), naming the bands."""
+    bad = [s.name for s in stats
+           if any(v is not None and not math.isfinite(v) for v in (s.mean, s.std))]
+    if bad:
+        raise InputError(f"{path}: band(s) {', '.join(bad)} have non-finite statistics (the "
+                         "tiles hold NaN/inf values that are not nodata)",
+                         "declare them nodata (rsseg tile --nodata) or fix the scene")
 
 
 def _load_plain(root: Path) -> TileSet:
@@ -202,6 +218,7 @@ def _load_plain(root: Path) -> TileSet:
     h, w = next(iter(sizes))
     tile_size = h if len(sizes) == 1 and h == w else None
     bands = tuple(BandStats(**d) for d in stats.to_dicts(names))
+    _check_finite(root, bands)
     return TileSet(root, paths, bands, stats.dtype.name, ref[2], tile_size)
 
 

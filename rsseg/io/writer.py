@@ -20,17 +20,18 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import rasterio.shutil
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from rsseg.classes import ClassTable
-from rsseg.errors import OutputError
+from rsseg.io.gdal_errors import gdal_write_errors
+from rsseg.io.locks import part_prefix
 from rsseg.io.pam import aux_xml_path, write_category_aux_xml
 from rsseg.io.publish import Publication, publishing
 from rsseg.io.qml import qml_path, write_qml
@@ -123,6 +124,7 @@ def class_raster_writer(path: str | Path, info: SceneInfo, classes: ClassTable,
         dst.update_tags(CLASSES=json.dumps(classes.to_records()))
 
     with publishing(publication) as pub:
+        pub.lock(path)
         if sidecars:  # staged before any pixel is computed: an existing style is refused early
             write_qml(path, classes, nodata, overwrite, publication=pub)
             write_category_aux_xml(path, classes, overwrite, publication=pub)
@@ -174,7 +176,7 @@ def _streamed_cog(path: str | Path, info: SceneInfo, count: int, nodata: int | N
             profile = _stream_profile(info, nodata, count)
             if masked:
                 stack.enter_context(rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True))
-            dst = stack.enter_context(rasterio.open(stream, "w", **profile))
+            dst = stack.enter_context(_open_for_writing(stream, profile))
             describe(dst)
         writer = RowWriter(dst, path, masked)
         yield writer
@@ -184,6 +186,20 @@ def _streamed_cog(path: str | Path, info: SceneInfo, count: int, nodata: int | N
         with _writing(path):
             dst.close()
             rasterio.shutil.copy(stream, final, driver="COG", **cog_options)
+
+
+@contextmanager
+def _open_for_writing(path: Path, profile: dict) -> Iterator[rasterio.io.DatasetWriter]:
+    """``rasterio.open(path, "w")`` whose close, when the block already failed (a full disk
+    fails the close too), cannot replace the block's one-line error."""
+    dst = rasterio.open(path, "w", **profile)
+    try:
+        yield dst
+    except BaseException:
+        with suppress(Exception):
+            dst.close()
+        raise
+    dst.close()
 
 
 @contextmanager
@@ -207,20 +223,16 @@ def _stream_profile(info: SceneInfo, nodata: int | None, count: int = 1) -> dict
 
 @contextmanager
 def _writing(path: Path) -> Iterator[None]:
-    """GDAL/OS errors while writing ``path`` → one-line :class:`OutputError`."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            yield
-    except (RasterioError, OSError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise OutputError(f"cannot write {path} ({reason})",
-                          "check free space and permissions of the output folder") from None
+    """GDAL/libtiff/OS errors while writing ``path`` → one-line :class:`OutputError`
+    (:func:`~rsseg.io.gdal_errors.gdal_write_errors`)."""
+    with gdal_write_errors(path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
 
 
 @contextmanager
 def _temporary_sibling(path: Path) -> Iterator[Path]:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".stream.part.tif",
+    fd, name = tempfile.mkstemp(prefix=part_prefix(path), suffix=".stream.part.tif",
                                 dir=path.parent)
     os.close(fd)
     try:

@@ -36,8 +36,8 @@ class BandNorm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    mean: float
-    std: float = Field(gt=0)
+    mean: float = Field(allow_inf_nan=False)  # NaN/inf statistics would poison every pixel
+    std: float = Field(gt=0, allow_inf_nan=False)
 
 
 class ClassEntry(BaseModel):
@@ -171,6 +171,10 @@ def load_bundle(path: str | Path) -> tuple[nn.Module, BundleMeta]:
         reason = str(err).strip().splitlines()[0][:200]
         raise InputError(f"{path}: weights do not match the bundle's architecture ({reason})",
                          "re-export the model") from None
+    poisoned = [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
+    if poisoned:
+        raise InputError(f"{path}: {len(poisoned)} weight tensor(s) hold NaN/inf values, e.g. "
+                         f"{poisoned[0]} (a diverged training run?)", "re-train or re-export")
     return model.eval(), meta
 
 

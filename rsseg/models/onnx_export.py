@@ -126,7 +126,7 @@ def export_onnx(model: str | Path, out: str | Path, tile: int | None = None,
         raise OutputError(f"the exported model differs from PyTorch by {diff:.2e} (more than "
                           f"{MAX_ABS_DIFF:g})", "report this architecture; nothing was written")
     with publishing() as pub:
-        pub.stage(out, overwrite).write_bytes(data)
+        pub.write(out, data, overwrite)
     return OnnxExport(out, tuple(x.shape), tuple(got.shape), _opset(proto), diff, props,
                       time.perf_counter() - start, tuple(notes))
 

@@ -39,12 +39,15 @@ from rsseg.classes import IGNORE, ClassTable, read_classes
 from rsseg.config import FinetuneConfig, FinetuneData
 from rsseg.errors import InputError, UsageError
 from rsseg.inference.device import resolve_device
-from rsseg.io.atomic import atomic_dir
+from rsseg.io.atomic import atomic_dir, check_output
+from rsseg.io.gdal_errors import gdal_write_errors
+from rsseg.io.owned import CONDENSED, check_replaceable
 from rsseg.models.bundle import BandNorm
 from rsseg.pipelines.finetune import (
     FOLDER_BANDS,
     FOLDER_CLASSES,
     LabelSources,
+    check_labels_hold_data,
     scene_band_norms,
     scene_sources,
     tile_sources,
@@ -119,6 +122,10 @@ def condense(out: str | Path, config: DCCConfig, *, scenes: list[Path] | None = 
                          "e.g. --tiles labelled_tiles/")
     if scenes and labels is None:
         raise UsageError("--scene needs --labels (a label raster or a vector file)")
+    inputs = [p for p in (*(scenes or []), tiles, labels, classes_file) if p is not None]
+    check_output(out, overwrite)
+    if out.exists():
+        check_replaceable(out, CONDENSED, inputs)
     device = resolve_device(config.device)
     data_cfg = FinetuneConfig(data=FinetuneData(val_fraction=0.0,
                                                 label_fraction=config.label_fraction),
@@ -129,6 +136,7 @@ def condense(out: str | Path, config: DCCConfig, *, scenes: list[Path] | None = 
         sources = (scene_sources(list(scenes), labels, label_column, classes, nodata, data_cfg)
                    if scenes else tile_sources(Path(tiles), classes, data_cfg))
         norms = sources.norms or scene_band_norms([p for p, _ in sources.train], nodata)
+        check_labels_hold_data(sources.train, nodata)
         pool = real_pool(sources, norms, config.size, config.real_pool, nodata, config.seed)
     if not pool.x:
         raise InputError("no labelled pixel to condense", "add labels")
@@ -137,7 +145,7 @@ def condense(out: str | Path, config: DCCConfig, *, scenes: list[Path] | None = 
     if missing:
         warnings.warn(f"class(es) {', '.join(missing)} have no labelled pixel and get no "
                       "synthetic tile", UserWarning, stacklevel=2)
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, CONDENSED, inputs) as tmp, gdal_write_errors(out):
         start = time.perf_counter()
         torch.manual_seed(config.seed)
         if random_subset:

@@ -52,6 +52,7 @@ from rsseg.tiling.stats import RunningStats
 from rsseg.tiling.windows import grid_windows
 from rsseg.training.data import LabelledCrops
 from rsseg.training.engine import build_trainer
+from rsseg.training.guards import NonFiniteLoss
 from rsseg.training.modules import SegmentationModule
 from rsseg.training.run_folder import run_folder
 
@@ -182,8 +183,37 @@ def scene_band_norms(paths: list[Path], nodata: float | None) -> list[BandNorm]:
                 for top in range(0, info.height, step):
                     pixels = scene.read(Window(0, top, info.width, min(step, info.height - top)))
                     stats.update(pixels, ~scene.band_missing(pixels))
-    return [BandNorm(name=d["name"], mean=d["mean"] or 0.0, std=d["std"] or 1.0)
-            for d in stats.to_dicts(names)]
+    bands = stats.to_dicts(names)
+    count = len(set(paths))
+    where = str(paths[0]) if count == 1 else f"the training data ({count} rasters)"
+    empty = [d["name"] for d in bands if not d["count"]]
+    if len(empty) == len(bands):
+        raise InputError(f"{where}: every pixel is nodata (nodata {info.nodata}), nothing to "
+                         "train on", "check the scene or pass the right --nodata")
+    if empty:
+        raise InputError(f"{where}: band(s) {', '.join(empty)} hold no valid pixel, so they "
+                         "cannot be normalised", "drop those bands or check --nodata")
+    return [BandNorm(name=d["name"], mean=d["mean"], std=d["std"] or 1.0) for d in bands]
+
+
+def check_labels_hold_data(sources: list[tuple[Path, np.ndarray]], nodata: float | None) -> None:
+    """Refuse training data whose labelled pixels are all nodata (an all-nodata scene, a wrong
+    ``--nodata``, labels outside the imagery): training would only see ignored pixels and give
+    a NaN loss. Reads the labelled rows of each raster, stopping at the first valid one."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no CRS/georeferencing.*")
+        for path, labels in sources:
+            with open_scene(path, nodata=nodata) as scene:
+                for top in range(0, labels.shape[0], 256):
+                    labelled = labels[top:top + 256] != IGNORE
+                    if labelled.any():
+                        window = Window(0, top, labels.shape[1], labelled.shape[0])
+                        if (scene.valid_mask(scene.read(window)) & labelled).any():
+                            return
+    if sources:
+        where = str(sources[0][0]) if len(sources) == 1 else f"{len(sources)} rasters"
+        raise InputError(f"no labelled training pixel holds data: {where} is nodata wherever "
+                         "it is labelled", "check the scene, --nodata and where the labels lie")
 
 
 def _centres(sources: list[tuple[Path, np.ndarray]], limit: int, seed: int) -> np.ndarray:
@@ -329,6 +359,8 @@ def finetune(out: str | Path, config: FinetuneConfig, *, scenes: list[Path] | No
     backbone = read_backbone(init)[1] if init else None
     norms = [backbone.bands if backbone else d.sources.norms or scene_band_norms(
         [p for p, _ in d.sources.train + d.sources.val], nodata) for d in domains]
+    for domain in domains:
+        check_labels_hold_data(domain.sources.train, nodata)
     specs = [ModelSpec(arch=config.model.arch, encoder=config.model.encoder,
                        in_channels=len(n), classes=len(d.sources.classes),
                        kwargs=config.model.kwargs) for d, n in zip(domains, norms, strict=True)]
@@ -351,7 +383,10 @@ def finetune(out: str | Path, config: FinetuneConfig, *, scenes: list[Path] | No
     info = SegInfo(tuple(s.classes for s in specs), names, config.trainer.epochs, IGNORE)
     regularizers = [get_regularizer(name, model, info, **params)
                     for name, params in config.regularizers.items()]
-    with run_folder(out, config, resume=resume, overwrite=overwrite) as ckpt:
+    inputs = [*(scenes or []), *tile_list, labels, init, classes_file,
+              *(p for d in config.domains for p in (d.tiles, *d.scenes, d.labels, d.classes))]
+    with run_folder(out, config, resume=resume, overwrite=overwrite,
+                    inputs=[p for p in inputs if p is not None]) as ckpt:
         bs = config.trainer.batch_size
         workers = config.trainer.num_workers
         trains, val_loaders, val_domains = [], [], []
@@ -380,7 +415,8 @@ def finetune(out: str | Path, config: FinetuneConfig, *, scenes: list[Path] | No
         loader = DataLoader(train, batch_size=bs, shuffle=True, drop_last=len(train) > bs,
                             num_workers=workers, persistent_workers=workers > 0)
         monitor = "val_oa" if val_loaders else None
-        trainer = build_trainer(config.trainer, out, "fine-tune", monitor=monitor)
+        trainer = build_trainer(config.trainer, out, "fine-tune", monitor=monitor,
+                                callbacks=[NonFiniteLoss()])
         module = SegmentationModule(model, [s.classes for s in specs], IGNORE, config.optim,
                                     config.trainer.epochs, regularizers=regularizers,
                                     loss=config.loss,

@@ -39,6 +39,7 @@ from rsseg.io.writer import bounded_gdal_cache, class_raster_writer
 from rsseg.models.bundle import BundleMeta, load_bundle
 from rsseg.models.factory import required_multiple
 from rsseg.pipelines.outputs import OutputOptions, check_outputs, extra_outputs
+from rsseg.pipelines.radiometry import check_radiometry
 from rsseg.pipelines.vectorize import VectorSummary
 from rsseg.regularizers.multidomain import domain_bundle
 from rsseg.tiling.blend import layout
@@ -91,7 +92,7 @@ def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
     Raises InputError/ConfigError/OutputError (one line each) for bad input; flags, output, bundle
     and scene header are checked before predicting. Whatever fails, nothing appears at ``out``.
     """
-    out = check_output(out, options.overwrite)
+    out = check_output(out, options.overwrite, file=True)
     model = domain_bundle(model, options.domain)  # --domain NAME (multidomain runs)
     net, meta = loader(model)
     tile = meta.tile if options.tile is None else options.tile
@@ -104,6 +105,7 @@ def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
     with torch_threads(options.runtime.threads), bounded_gdal_cache(), \
             open_scene(scene, nodata=options.nodata) as src:
         src = _in_model_band_order(src, meta, Path(model))
+        check_radiometry(src, meta)
         info, classes = src.info, meta.class_table()
         lay = layout(info.height, info.width, tile, overlap, multiple)
         runner = build_runner(net, meta, Path(model), device, options.runtime,

@@ -27,6 +27,7 @@ from rsseg.pretexts.base import DataInfo, Pretext, get_pretext, pretext_class, p
 from rsseg.training.data import PretrainTiles
 from rsseg.training.diagnostics import SpectrumMonitor
 from rsseg.training.engine import build_trainer
+from rsseg.training.guards import NonFiniteLoss
 from rsseg.training.modules import PretrainModule
 from rsseg.training.run_folder import run_folder
 
@@ -132,7 +133,7 @@ def pretrain(tiles_dir: str | Path, out: str | Path, config: PretrainConfig,
                             pretext=label, epochs=0)
         images = diagnostic_images(job.dataset, config.data.diagnostic_samples,
                                    config.data.view_size)
-        callbacks = [SpectrumMonitor(images, out), ExportBackbone(out, meta)]
+        callbacks = [SpectrumMonitor(images, out), ExportBackbone(out, meta), NonFiniteLoss()]
         trainer = build_trainer(config.trainer, out, f"pretrain {label}",
                                 callbacks=callbacks)
         module = PretrainModule(job.model, job.pretext, config.optim, config.trainer.epochs)

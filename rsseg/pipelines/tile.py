@@ -19,6 +19,7 @@ from rasterio.windows import Window
 
 from rsseg.errors import InputError, OutputError
 from rsseg.io.atomic import atomic_dir, check_output
+from rsseg.io.owned import TILE_SET, check_replaceable
 from rsseg.io.raster import (
     RowBandReader,
     SceneInfo,
@@ -68,9 +69,11 @@ def tile_scenes(scenes: Sequence[str | Path], out: str | Path, options: TileOpti
     """Tile ``scenes`` into the folder ``out``; raises InputError/OutputError on bad input."""
     _check_options(options)
     out = check_output(out, options.overwrite)
+    if out.exists():
+        check_replaceable(out, TILE_SET, scenes)
     plans = _plan([Path(s) for s in scenes], options)
     try:
-        with atomic_dir(out, options.overwrite) as tmp, bounded_block_cache():
+        with atomic_dir(out, options.overwrite, TILE_SET, scenes) as tmp, bounded_block_cache():
             written, skipped = _write(tmp, plans, options, progress)
     except OSError as err:
         raise OutputError(f"cannot write {out} ({err.strerror or err})",
@@ -156,6 +159,14 @@ def _write(root: Path, plans: list[_Plan], o: TileOptions,
                     if progress:
                         progress(done, total)
         if writer.count == 0:
+            small = [p.info for p in plans if min(p.info.width, p.info.height) < o.size]
+            if len(small) == len(plans):
+                side = max(min(i.width, i.height) for i in small)
+                what = (f"{small[0].path} ({small[0].width}x{small[0].height} px) is"
+                        if len(small) == 1 else "every scene is")
+                raise InputError(f"no tiles written: {what} smaller than --size {o.size}, so "
+                                 f"each tile is mostly nodata padding (over --max-nodata "
+                                 f"{o.max_nodata:g})", f"pass --size {side} or smaller")
             raise InputError(f"no tiles written: all {skipped} windows have more than "
                              f"{o.max_nodata:g} nodata", "raise --max-nodata or check --nodata")
         writer.write_stats(stats, first.band_names, first.info.nodata, o.size)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,9 @@ from typing import Any
 import yaml
 
 from rsseg.config import Section, dump_config
-from rsseg.errors import ConfigError, InputError, OutputError
+from rsseg.errors import ConfigError, InputError, OutputError, Stopped
+from rsseg.io.locks import output_lock
+from rsseg.io.owned import RUN, check_replaceable
 
 LAST_CKPT = "checkpoints/last.ckpt"
 RESUMABLE_KEYS = {"trainer.epochs"}  # may change when resuming (train longer)
@@ -55,31 +57,41 @@ def is_secondary_process() -> bool:
                                                              "SLURM_PROCID"))
 
 
-def prepare_run(run: Path, config: Section, resume: bool, overwrite: bool) -> Path | None:
+def prepare_run(run: Path, config: Section, resume: bool, overwrite: bool,
+                inputs: Iterable[str | Path] = ()) -> Path | None:
     """Create or reopen a run folder; return the checkpoint to resume from (or None).
 
-    Refuses to reuse an existing run without ``--resume``/``--overwrite`` and to resume a run
-    whose config differs (naming the keys that differ).
+    Refuses to reuse an existing run without ``--resume``/``--overwrite``, to resume a run
+    whose config differs (naming the keys that differ), and to replace with ``--overwrite`` a
+    folder that is not an rsseg run folder or holds one of ``inputs``
+    (:func:`~rsseg.io.owned.check_replaceable`). Resuming changes nothing in the folder.
     """
     cfg_path = run / "config.yaml"
     if is_secondary_process():
         return run / LAST_CKPT if resume else None
+    if run.exists() and not run.is_dir():
+        raise OutputError(f"{run} is a file, not a run folder", "choose another --out")
     if resume:
         ckpt = run / LAST_CKPT
         if not ckpt.is_file() or not cfg_path.is_file():
             raise InputError(f"{run} has no checkpoint to resume from",
                              "start it without --resume")
-        old = yaml.safe_load(cfg_path.read_text()) or {}
-        diffs = config_differences(old, config.model_dump(mode="json"))
+        try:
+            old = yaml.safe_load(cfg_path.read_text()) or {}
+        except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+            raise InputError(f"{cfg_path}: not a readable config ({type(err).__name__})",
+                             "start a new run with --overwrite") from None
+        diffs = config_differences(old if isinstance(old, dict) else {},
+                                   config.model_dump(mode="json"))
         if diffs:
             raise ConfigError(f"--resume: the config differs from {cfg_path}: {'; '.join(diffs)}",
                               "resume with the same config or start a new run")
-        dump_config(config, cfg_path)
         return ckpt
     if run.exists() and any(run.iterdir()):
         if not overwrite:
             raise OutputError(f"{run} already exists",
                               "pass --resume to continue it or --overwrite to replace it")
+        check_replaceable(run, RUN, inputs)
         shutil.rmtree(run)
     try:
         run.mkdir(parents=True, exist_ok=True)
@@ -90,17 +102,63 @@ def prepare_run(run: Path, config: Section, resume: bool, overwrite: bool) -> Pa
     return None
 
 
-@contextmanager
-def run_folder(run: Path, config: Section, resume: bool, overwrite: bool
-               ) -> Iterator[Path | None]:
-    """:func:`prepare_run` for the block's training; a new run that stops in the block (an error,
-    Ctrl-C, SIGTERM) before its first checkpoint is removed, so that the same command can simply
-    be run again. A run with a checkpoint stays, to be continued with ``--resume``."""
-    ckpt = prepare_run(run, config, resume, overwrite)
-    fresh = not resume and not is_secondary_process()
+def check_checkpoint(ckpt: Path) -> None:
+    """Refuse (one line) a checkpoint that is truncated, foreign, or that PyTorch's safe loader
+    refuses, before training touches anything. Memory-mapped: the weights are not read."""
+    import torch
+
     try:
-        yield ckpt
-    except BaseException:
-        if fresh and not (run / LAST_CKPT).is_file():
-            shutil.rmtree(run, ignore_errors=True)
-        raise
+        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise InputError(f"{ckpt} cannot be resumed: truncated, or not a checkpoint rsseg wrote "
+                         f"({reason})", "start a new run with --overwrite") from None
+    if not isinstance(state, dict) or not {"state_dict", "epoch"} <= state.keys():
+        raise InputError(f"{ckpt} cannot be resumed: not a training checkpoint rsseg wrote",
+                         "start a new run with --overwrite")
+
+
+@contextmanager
+def run_folder(run: Path, config: Section, resume: bool, overwrite: bool,
+               inputs: Iterable[str | Path] = ()) -> Iterator[Path | None]:
+    """:func:`prepare_run` for the block's training, holding the lock on the run's name
+    (:func:`~rsseg.io.locks.output_lock`: a second run into the same folder fails at once).
+
+    A new run that stops in the block (an error, Ctrl-C, SIGTERM) before its first checkpoint
+    is removed, so that the same command can simply be run again; a run with a checkpoint
+    stays, to be continued with ``--resume`` (a :class:`~rsseg.errors.Stopped` carries it). A
+    resumed run checks its checkpoint loads first and rewrites ``config.yaml`` only once
+    training went on (its checkpoint changed).
+    """
+    if is_secondary_process():  # DDP: the first process holds the lock and prepares the run
+        yield prepare_run(run, config, resume, overwrite)
+        return
+    try:
+        run.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create run folder {run} ({err.strerror})",
+                          "choose another --out") from None
+    with output_lock(run):
+        ckpt = prepare_run(run, config, resume, overwrite, inputs)
+        if ckpt is not None:
+            check_checkpoint(ckpt)
+        before = _mtime(run / LAST_CKPT)
+        try:
+            yield ckpt
+        except BaseException as err:
+            if not resume and not (run / LAST_CKPT).is_file():
+                shutil.rmtree(run, ignore_errors=True)
+            elif isinstance(err, (Stopped, RuntimeError)):  # a stop, or its data workers'
+                err.checkpoint = run / LAST_CKPT  # type: ignore[union-attr]
+            if resume and _mtime(run / LAST_CKPT) != before:
+                dump_config(config, run / "config.yaml")
+            raise
+        if resume:
+            dump_config(config, run / "config.yaml")
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
