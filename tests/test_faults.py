@@ -359,6 +359,8 @@ CASES = [
          message="did not write as a condensed tile set: thesis.docx"),
     case("condense-out-holds-input", *CONDENSE, "--out", "{ws}", "--overwrite",
          message="contains the input"),
+    case("condense-gdal-write-fails", *CONDENSE, "--out", "{ws}/syn", patch=fail_gdal_write,
+         message="cannot write .*syn \\(TIFFWriteEncodedTile"),
     case("condense-set-python-tag", *CONDENSE, "--out", "{ws}/syn", "--set",
          "size=!!python/name:os.system", message="not valid YAML"),
     # export-onnx

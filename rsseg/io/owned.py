@@ -39,7 +39,7 @@ CONDENSED = Layout("condensed tile set", "condense.json",
                    {"images": ("*.tif", *_GDAL_SIDECARS), "labels": ("*.tif", *_GDAL_SIDECARS)})
 RUN = Layout("run folder", "config.yaml",
              ("config.yaml", "metrics.csv", "hparams.yaml", "loss.png", "spectrum.csv",
-              "spectrum.png", "spectrum.tmp.png", "backbone.safetensors", "*.rsseg"),
+              "spectrum.png", "*.tmp.png", "backbone.safetensors", "*.rsseg"),
              {"checkpoints": ("*.ckpt", "*.ckpt.tmp")})
 
 

@@ -145,7 +145,7 @@ def condense(out: str | Path, config: DCCConfig, *, scenes: list[Path] | None = 
     if missing:
         warnings.warn(f"class(es) {', '.join(missing)} have no labelled pixel and get no "
                       "synthetic tile", UserWarning, stacklevel=2)
-    with atomic_dir(out, overwrite, CONDENSED, inputs) as tmp, gdal_write_errors(out):
+    with atomic_dir(out, overwrite, CONDENSED, inputs) as tmp:
         start = time.perf_counter()
         torch.manual_seed(config.seed)
         if random_subset:
@@ -157,8 +157,9 @@ def condense(out: str | Path, config: DCCConfig, *, scenes: list[Path] | None = 
             images, label_maps, present, history = _learn(pool, len(norms),
                                                           len(sources.classes), config, device,
                                                           progress)
-        _write(tmp, images, label_maps, present, sources.classes, norms, config, history,
-               "random-subset" if random_subset else "dcc", time.perf_counter() - start)
+        with gdal_write_errors(out):  # a full disk: one line, and the folder does not appear
+            _write(tmp, images, label_maps, present, sources.classes, norms, config, history,
+                   "random-subset" if random_subset else "dcc", time.perf_counter() - start)
     return out
 
 
