@@ -13,7 +13,7 @@ import cloudpickle
 import numpy as np
 import pytest
 import rasterio
-from dask.distributed import Client, LocalCluster
+from dask.distributed import Client, LocalCluster, get_task_stream
 
 from rsseg.distributed import ClusterSpec, parse_cluster
 from rsseg.errors import ConfigError
@@ -118,6 +118,40 @@ def test_cluster_flags_parse() -> None:
     for bad in ("local:0", "local:x", "tcp://", "8786"):
         with pytest.raises(ConfigError):
             parse_cluster(bad)
+
+
+def _tile_set(folder: Path) -> tuple[str, str, list[np.ndarray]]:
+    """A tile set's manifest, stats.json and tiles, in order."""
+    tiles = [rasterio.open(t).read() for t in sorted((folder / "tiles").iterdir())]
+    return ((folder / "manifest.csv").read_text(), (folder / "stats.json").read_text(), tiles)
+
+
+@pytest.mark.parametrize("mode", [["--random", 7], ["--stride", 6]])
+def test_tile_on_the_cluster_writes_the_tile_set_of_one_process(mode, cluster, geotiff_factory,
+                                                                tmp_path, run_cli) -> None:
+    scenes = _scenes(geotiff_factory, 3)
+    flags = ["--size", 12, "--max-nodata", 0.0, *mode]
+    here = run_cli("tile", *scenes, "--out", tmp_path / "here", *flags)
+    with get_task_stream(cluster) as stream:
+        there = run_cli("tile", *scenes, "--out", tmp_path / "there", *flags,
+                        "--cluster", cluster.scheduler.address)
+    assert here.exit_code == there.exit_code == 0, (here, there)
+    assert sum("_tile_scene" in task["key"] for task in stream.data) == 3  # one per scene
+    manifest, stats, tiles = _tile_set(tmp_path / "here")
+    assert _tile_set(tmp_path / "there")[:2] == (manifest, stats)
+    assert len(tiles) > 10
+    for a, b in zip(tiles, _tile_set(tmp_path / "there")[2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(p.name for p in (tmp_path / "there").iterdir()) == [
+        "manifest.csv", "stats.json", "tiles"]
+
+
+def test_tile_starts_its_own_local_cluster(geotiff_factory, tmp_path, run_cli) -> None:
+    scenes = _scenes(geotiff_factory, 2)
+    result = run_cli("tile", *scenes, "--out", tmp_path / "tiles", "--size", 20,
+                     "--cluster", "local:1")
+    assert result.exit_code == 0, result
+    assert "Wrote 15 tiles" in result.stdout  # 2x3 + 3x3 windows of 20 px
 
 
 def _die_once(marker: str) -> None:

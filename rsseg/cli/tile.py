@@ -43,6 +43,9 @@ def tile(
     assets: str | None = typer.Option(None, help="STAC items: the asset keys stacked as bands, "
                                       "e.g. B02,B03,B04,B08 [default: every single-band asset "
                                       "with a common name]."),
+    cluster: str | None = typer.Option(None, help="Tile the scenes on Dask: local[:N] (N worker "
+                                       "processes) or a scheduler address tcp://host:8786 "
+                                       "[default: in this process]."),
 ) -> None:
     """Cut scenes into GeoTIFF tiles (grid or random) with manifest.csv and stats.json."""
     options = TileOptions(size=size, stride=stride, max_nodata=max_nodata, nodata=nodata,
@@ -57,7 +60,7 @@ def tile(
         found = expand_scenes(scenes, stac_reader(cache_dir() / "stac", keys))
         check_assets_used(keys, found)
         paths = [scene.path for scene in found]
-        summary = tile_scenes(paths, out, options,
+        summary = tile_scenes(paths, out, options, cluster=cluster,
                               progress=lambda done, total: bar.update(task, completed=done,
                                                                       total=total))
     typer.echo(f"Wrote {summary.written} tiles to {summary.out} from {summary.scenes} scene(s); "

@@ -5,18 +5,25 @@ holds one band of rows (never the whole scene; GDAL's block cache is capped too)
 source block is read once, even with overlapping tiles. Grid mode covers the scene (edge rule in
 :mod:`rsseg.tiling.windows`); random mode draws ``random`` windows per scene from
 ``(seed, scene index)``. Windows whose nodata fraction exceeds ``max_nodata`` are skipped. The
-output folder appears atomically when everything succeeded.
+output folder appears atomically when everything succeeded. Each scene is tiled into a part
+folder of the output, then its tiles are numbered in scene order; with a Dask cluster
+(``--cluster``, :mod:`rsseg.distributed`) the scenes are tiled by its workers, and the tile set
+is the one a single process writes.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rasterio.windows import Window
 
+from rsseg.distributed import connect, parse_cluster, run_tasks
 from rsseg.errors import InputError, OutputError
 from rsseg.io.atomic import atomic_dir, check_output
 from rsseg.io.owned import TILE_SET, check_replaceable
@@ -64,17 +71,43 @@ class _Plan:
     windows: list[Window]
 
 
+@dataclass(frozen=True)
+class _Job:
+    """Tile scene number ``index`` of ``plan`` into the part folder ``folder``."""
+
+    index: int
+    plan: _Plan
+    folder: Path
+    options: TileOptions
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A tiled scene: its tiles (file in the part folder, window, nodata fraction), their
+    statistics and the windows skipped over ``max_nodata``."""
+
+    tiles: list[tuple[str, Window, float]]
+    stats: RunningStats
+    skipped: int
+
+
+_PARTS = "parts"
+
+
 def tile_scenes(scenes: Sequence[str | Path], out: str | Path, options: TileOptions,
-                progress: Progress | None = None) -> TileSummary:
-    """Tile ``scenes`` into the folder ``out``; raises InputError/OutputError on bad input."""
+                progress: Progress | None = None, cluster: str | None = None) -> TileSummary:
+    """Tile ``scenes`` into the folder ``out`` (on the Dask ``cluster``, ``--cluster``, when
+    given); raises InputError/OutputError on bad input."""
     _check_options(options)
+    spec = parse_cluster(cluster)
     out = check_output(out, options.overwrite)
     if out.exists():
         check_replaceable(out, TILE_SET, scenes)
     plans = _plan([Path(s) for s in scenes], options)
     try:
-        with atomic_dir(out, options.overwrite, TILE_SET, scenes) as tmp, bounded_block_cache():
-            written, skipped = _write(tmp, plans, options, progress)
+        with connect(spec) if spec else nullcontext() as client, \
+                atomic_dir(out, options.overwrite, TILE_SET, scenes) as tmp, bounded_block_cache():
+            written, skipped = _write(tmp, plans, options, progress, client)
     except OSError as err:
         raise OutputError(f"cannot write {out} ({err.strerror or err})",
                           "choose another --out or fix its permissions") from None
@@ -135,29 +168,29 @@ def _check_compatible(first: _Plan, plan: _Plan) -> None:
                          f"{b.path} has {b.nodata}", "pass --nodata VALUE to use one for all")
 
 
-def _write(root: Path, plans: list[_Plan], o: TileOptions,
-           progress: Progress | None) -> tuple[int, int]:
+def _write(root: Path, plans: list[_Plan], o: TileOptions, progress: Progress | None,
+           client: Any | None = None) -> tuple[int, int]:
     total = sum(len(p.windows) for p in plans)
     first = plans[0]
     stats = RunningStats(len(first.band_names), first.info.dtype)
     done = skipped = 0
+
+    def advance(windows: int) -> None:
+        nonlocal done
+        done += windows
+        if progress:
+            progress(done, total)
+
+    jobs = [_Job(i, plan, root / _PARTS / str(i), o) for i, plan in enumerate(plans)]
     with TileSetWriter(root) as writer:
-        for plan in plans:
-            with open_scene(plan.info.path, nodata=o.nodata, bands=o.bands) as scene:
-                reader = RowBandReader(scene)
-                for window in plan.windows:
-                    pixels = reader.read(window)
-                    valid = scene.valid_mask(pixels)
-                    nodata_fraction = 1.0 - float(valid.mean())
-                    if nodata_fraction > o.max_nodata:
-                        skipped += 1
-                    else:
-                        write_tile(writer.next_path(), pixels, scene, window)
-                        writer.add(scene.info.path, window, nodata_fraction)
-                        stats.update(pixels, ~scene.band_missing(pixels))
-                    done += 1
-                    if progress:
-                        progress(done, total)
+        for job, part in _parts(jobs, client, advance):
+            for name, window, nodata_fraction in part.tiles:
+                os.replace(job.folder / name, writer.next_path())
+                writer.add(job.plan.info.path, window, nodata_fraction)
+            job.folder.rmdir()
+            stats.merge(part.stats)
+            skipped += part.skipped
+        (root / _PARTS).rmdir()
         if writer.count == 0:
             small = [p.info for p in plans if min(p.info.width, p.info.height) < o.size]
             if len(small) == len(plans):
@@ -171,3 +204,49 @@ def _write(root: Path, plans: list[_Plan], o: TileOptions,
                              f"{o.max_nodata:g} nodata", "raise --max-nodata or check --nodata")
         writer.write_stats(stats, first.band_names, first.info.nodata, o.size)
     return writer.count, skipped
+
+
+def _parts(jobs: list[_Job], client: Any | None,
+           advance: Callable[[int], None]) -> Iterator[tuple[_Job, _Part]]:
+    """Every job with its part, in scene order: tiled here (progress per window) or by the
+    cluster's workers (progress per scene)."""
+    if client is None:
+        for job in jobs:
+            yield job, _tile_scene(job, advance)
+        return
+    ready: dict[int, tuple[_Job, _Part]] = {}  # finished before the scenes listed earlier
+    following = 0
+    for job, part in run_tasks(_tile_scene, jobs, client):
+        if isinstance(part, Exception):  # its workers kept dying
+            raise InputError(f"{job.plan.info.path}: the worker tiling it died ({part})",
+                             "check the workers' memory, then rerun")
+        advance(len(job.plan.windows))
+        ready[job.index] = (job, part)
+        while following in ready:
+            yield ready.pop(following)
+            following += 1
+
+
+def _tile_scene(job: _Job, advance: Callable[[int], None] | None = None) -> _Part:
+    """Write the tiles of ``job``'s scene into its part folder (here or on a Dask worker)."""
+    o, plan = job.options, job.plan
+    job.folder.mkdir(parents=True, exist_ok=True)  # exists when a dead worker began it
+    stats = RunningStats(len(plan.band_names), plan.info.dtype)
+    tiles: list[tuple[str, Window, float]] = []
+    skipped = 0
+    with bounded_block_cache(), open_scene(plan.info.path, nodata=o.nodata, bands=o.bands) as scene:
+        reader = RowBandReader(scene)
+        for window in plan.windows:
+            pixels = reader.read(window)
+            valid = scene.valid_mask(pixels)
+            nodata_fraction = 1.0 - float(valid.mean())
+            if nodata_fraction > o.max_nodata:
+                skipped += 1
+            else:
+                name = f"{len(tiles):06d}.tif"
+                write_tile(job.folder / name, pixels, scene, window)
+                tiles.append((name, window, nodata_fraction))
+                stats.update(pixels, ~scene.band_missing(pixels))
+            if advance:
+                advance(1)
+    return _Part(tiles, stats, skipped)

@@ -44,19 +44,30 @@ class RunningStats:
             if values.size:
                 self._update_band(b, values)
 
+    def merge(self, other: RunningStats) -> None:
+        """Add what ``other`` (same bands and dtype) accumulated, as if fed here."""
+        for b in np.flatnonzero(other.count):
+            self._combine(b, int(other.count[b]), other.mean[b], other.m2[b], other.min[b],
+                          other.max[b])
+        self.hist += other.hist
+
     def _update_band(self, b: int, values: np.ndarray) -> None:
-        n = values.size
         as64 = values.astype(np.float64)
         mean = as64.mean()
-        m2 = np.square(as64 - mean).sum()
+        self._combine(b, values.size, mean, np.square(as64 - mean).sum(), as64.min(),
+                      as64.max())
+        self.hist[b] += np.bincount(self._bin(values), minlength=NBINS)
+
+    def _combine(self, b: int, n: int, mean: float, m2: float, low: float,
+                 high: float) -> None:
+        """Merge the moments of ``n`` more values of band ``b`` (Chan et al.)."""
         total = self.count[b] + n
         delta = mean - self.mean[b]
         self.mean[b] += delta * n / total
         self.m2[b] += m2 + delta * delta * self.count[b] * n / total
         self.count[b] = total
-        self.min[b] = min(self.min[b], as64.min())
-        self.max[b] = max(self.max[b], as64.max())
-        self.hist[b] += np.bincount(self._bin(values), minlength=NBINS)
+        self.min[b] = min(self.min[b], low)
+        self.max[b] = max(self.max[b], high)
 
     def _bin(self, values: np.ndarray) -> np.ndarray:
         if self.exact_percentiles:
