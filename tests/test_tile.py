@@ -375,3 +375,21 @@ def test_out_of_memory_and_interrupts_are_one_line(geotiff_factory, tmp_path, ru
     assert result.exit_code == code, result
     assert result.stderr.startswith(message) and len(result.stderr.splitlines()) == 1
     assert "--resume" not in result.stderr
+
+
+def test_merged_stats_equal_stats_fed_at_once():
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 500, (2, 30, 20)).astype(np.uint16)
+    valid = rng.random((2, 30, 20)) > 0.2
+    whole = RunningStats(2, "uint16")
+    whole.update(data, valid)
+    merged = RunningStats(2, "uint16")
+    for rows in (slice(0, 7), slice(7, 7), slice(7, 30)):  # one part holds nothing
+        part = RunningStats(2, "uint16")
+        part.update(data[:, rows], valid[:, rows])
+        merged.merge(part)
+    for a, b in zip(whole.to_dicts(["x", "y"]), merged.to_dicts(["x", "y"]), strict=True):
+        assert {k: a[k] for k in ("count", "min", "max", "p2", "p98")} == {
+            k: b[k] for k in ("count", "min", "max", "p2", "p98")}
+        assert b["mean"] == pytest.approx(a["mean"], rel=1e-12)
+        assert b["std"] == pytest.approx(a["std"], rel=1e-12)
