@@ -191,8 +191,8 @@ def linear_probe(study: Study, labels: list[Labelled], init: Path | None,
     mean, std = _stats([im.path for im in study.train])
     if init is not None:  # the normalisation the backbone was pretrained with
         meta = load_backbone(model, spec, init)
-        mean = np.array([b.mean for b in meta.bands])
-        std = np.array([b.std for b in meta.bands])
+        mean = np.array([b.mean for b in meta.bands], dtype=np.float32)
+        std = np.array([b.std for b in meta.bands], dtype=np.float32)
     model.eval()
     feats, targets = [], []
     for im in labels:

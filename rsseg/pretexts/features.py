@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.decoders.deeplabv3.decoder import ASPP
 from torch import Tensor, nn
 
-
 LOCAL_MIN_CHANNELS = 64  # the local branch never reads a narrower decoder feature
 
 
