@@ -105,3 +105,12 @@ def test_demo_reaches_its_figures(tmp_path: Path, run_cli) -> None:
     assert metrics["nc"]["glcnet"]["kappa"] > 0.30
     assert metrics["aerial"]["glcnet"]["miou"] > metrics["aerial"]["random"]["miou"]
     assert metrics["seconds"] < 600
+
+
+def test_overwrite_replaces_only_a_demo_folder(tmp_path: Path, run_cli) -> None:
+    precious = tmp_path / "project"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    result = run_cli("demo", "--out", precious, "--overwrite")
+    assert result.exit_code == 1 and "notes.txt" in result.stderr
+    assert (precious / "notes.txt").read_text() == "mine"

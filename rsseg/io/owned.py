@@ -24,12 +24,14 @@ _SHOWN = 3
 @dataclass(frozen=True)
 class Layout:
     """The entries an rsseg output folder may hold: top-level file patterns and, per
-    sub-folder, the patterns of its files; ``signature`` must be present."""
+    sub-folder, the patterns of its files; ``trees``: sub-folders rsseg writes whole (anything
+    inside is its own); ``signature`` must be present."""
 
     kind: str
     signature: str
     files: tuple[str, ...]
     folders: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    trees: tuple[str, ...] = ()
 
 
 TILE_SET = Layout("tile set", "stats.json", ("manifest.csv", "stats.json"),
@@ -37,6 +39,7 @@ TILE_SET = Layout("tile set", "stats.json", ("manifest.csv", "stats.json"),
 CONDENSED = Layout("condensed tile set", "condense.json",
                    ("condense.json", "bands.json", "classes.yaml"),
                    {"images": ("*.tif", *_GDAL_SIDECARS), "labels": ("*.tif", *_GDAL_SIDECARS)})
+DEMO = Layout("demo folder", "metrics.json", ("metrics.json",), trees=("aerial", "nc"))
 RUN = Layout("run folder", "config.yaml",
              ("config.yaml", "metrics.csv", "hparams.yaml", "loss.png", "spectrum.csv",
               "spectrum.png", "*.tmp.png", "backbone.safetensors", "*.rsseg"),
@@ -52,6 +55,8 @@ def foreign_entries(folder: Path, layout: Layout) -> list[str]:
     foreign = []
     for entry in sorted(folder.iterdir()):
         is_dir = entry.is_dir() and not entry.is_symlink()
+        if is_dir and entry.name in layout.trees:
+            continue
         if is_dir and entry.name in layout.folders:
             for inner in sorted(entry.iterdir()):
                 inner_dir = inner.is_dir() and not inner.is_symlink()

@@ -33,6 +33,7 @@ from rsseg.classes import IGNORE, ClassTable, read_classes
 from rsseg.config import FinetuneConfig, PretrainConfig
 from rsseg.errors import InputError
 from rsseg.io.atomic import check_output
+from rsseg.io.owned import DEMO, check_replaceable
 from rsseg.io.raster import NoGeoreferencing, open_scene
 from rsseg.metrics import ConfusionAccumulator, Scores
 from rsseg.pipelines.evaluate import evaluate
@@ -133,10 +134,12 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False,
     chosen = check_cases(cases)
     out = check_output(out, overwrite)
     if out.exists():
+        check_replaceable(out, DEMO)  # only a folder an earlier demo wrote
         shutil.rmtree(out)
     out.mkdir(parents=True)
     start = time.perf_counter()
     results: dict = {"seed": seed, "max_time": max_time}
+    (out / "metrics.json").write_text(json.dumps(results, indent=2))
     for case in chosen:
         say(f"== {case} case ==")
         runner = run_aerial if case == "aerial" else run_nc
