@@ -281,6 +281,46 @@ def load_config(schema: type[C], path: str | Path | None = None,
                           f"see the {schema.__name__} defaults in configs/") from None
 
 
+def config_error(subject: str, schema: type[BaseModel], err: ValidationError) -> ConfigError:
+    """One-line error of ``subject`` (e.g. ``method 'glcnet'``) naming the first bad key of
+    ``err`` and what it accepts: the valid keys of an unknown one, the range of a bad value."""
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        owner = _owner(schema, first["loc"][:-1])
+        return ConfigError(f"{subject}: unknown config key {key!r}",
+                           fix=f"valid keys: {', '.join(owner.model_fields)}")
+    if not key:
+        return ConfigError(f"{subject}: {first['msg']}")
+    field = _owner(schema, first["loc"][:-1]).model_fields.get(str(first["loc"][-1]))
+    bounds = _bounds(field.metadata) if field is not None else ""
+    return ConfigError(f"{subject}: {key}={first['input']!r} is invalid ({first['msg']})",
+                       fix=f"allowed: {bounds}" if bounds else None)
+
+
+def _bounds(metadata: list[Any]) -> str:
+    """``"0 < x ≤ 1"``-style text from a field's annotated-types constraints ("" if none)."""
+    low = high = ""
+    for item in metadata:
+        for attr, text in (("gt", "{} < "), ("ge", "{} ≤ ")):
+            if getattr(item, attr, None) is not None:
+                low = text.format(getattr(item, attr))
+        for attr, text in (("lt", " < {}"), ("le", " ≤ {}")):
+            if getattr(item, attr, None) is not None:
+                high = text.format(getattr(item, attr))
+    return f"{low}x{high}" if low or high else ""
+
+
+def _owner(schema: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The (nested) model that ``loc`` points into."""
+    for part in loc:
+        annotation = schema.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        schema = annotation
+    return schema
+
+
 def dump_config(config: Section, path: Path) -> None:
     """Write the resolved config as YAML (what the run actually used)."""
     path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

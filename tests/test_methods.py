@@ -26,18 +26,12 @@ from rsseg.losses.infonce import (
     symmetric_infonce,
 )
 from rsseg.models.factory import ModelSpec, build_model
-from rsseg.pretexts.base import (
-    DataInfo,
-    Pretext,
-    describe_methods,
-    get_pretext,
-    method_names,
-    pretext_class,
-)
+from rsseg.pretexts.base import DataInfo, Pretext, get_pretext, pretext_class
 from rsseg.pretexts.claws import masked_pool
 from rsseg.pretexts.clustering import EmbeddingBank, concentration, kmeans
 from rsseg.pretexts.features import global_features
 from rsseg.pretexts.views import ViewConfig, make_view_pair
+from rsseg.registry import describe_methods, method_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,7 +15,8 @@ from torch.utils.data import default_collate
 from rsseg.errors import ConfigError
 from rsseg.models.factory import ModelSpec, build_model
 from rsseg.pipelines.tile import TileOptions, tile_scenes
-from rsseg.pretexts.base import DataInfo, compose_pretext, get_pretext, pretext_label
+from rsseg.pretexts.base import DataInfo, get_pretext
+from rsseg.pretexts.compose import compose_pretext, pretext_label
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

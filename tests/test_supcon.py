@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from rsseg.config import FinetuneConfig, load_config
 from rsseg.errors import ConfigError
 from rsseg.models.factory import ModelSpec, build_model
-from rsseg.pretexts.base import describe_methods, pretext_class
+from rsseg.pretexts.base import pretext_class
+from rsseg.registry import describe_methods
 from rsseg.regularizers.base import SegInfo, SegPart, SegStep, get_regularizer
 from rsseg.regularizers.supcon import SupCon, sample_anchors, supcon_loss
 from rsseg.training.modules import SegmentationModule, class_balanced_weights, focal_loss

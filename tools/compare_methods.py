@@ -66,7 +66,8 @@ from rsseg.pipelines.finetune import finetune
 from rsseg.pipelines.predict import PredictOptions, predict_scene
 from rsseg.pipelines.pretrain import pretrain
 from rsseg.pipelines.tile import TileOptions, tile_scenes
-from rsseg.pretexts.base import compose_pretext, pretext_names
+from rsseg.pretexts.base import pretext_names
+from rsseg.pretexts.compose import compose_pretext
 from rsseg.regularizers.dcc import DCCConfig
 
 ROOT = Path(__file__).resolve().parents[1]

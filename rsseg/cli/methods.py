@@ -23,7 +23,7 @@ def methods(
     json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
 ) -> None:
     """List the registered methods: kind, data needed, description, paper reference."""
-    from rsseg.pretexts.base import describe_methods, method_class
+    from rsseg.registry import describe_methods, method_class
 
     records = describe_methods()
     if name is not None:

@@ -1,6 +1,6 @@
 """``rsseg pretrain TILES --out RUN``: self-supervised pretraining (GLCNet by default).
 
-``--method`` repeated combines a pretext with wrappers (``rsseg.pretexts.base.compose_pretext``):
+``--method`` repeated combines a pretext with wrappers (``rsseg.pretexts.compose.compose_pretext``):
 ``--method glcnet --method claws`` (hard-attention masks), ``--method glcnet --method
 adversarial`` (PGD view). A ``--config`` file configures the member it names; ``--set
 pretext.params...`` then applies to the combined (nested) config.
@@ -42,7 +42,7 @@ def pretrain(
 ) -> None:
     """Pretrain a segmentation model on unlabelled tiles; writes RUN/backbone.safetensors."""
     from rsseg.pipelines.pretrain import pretrain as run_pretrain
-    from rsseg.pretexts.base import compose_pretext, pretext_label
+    from rsseg.pretexts.compose import compose_pretext, pretext_label
 
     flags: dict[str, Any] = {"pretext.name": method[0] if method else None}
     if len(method) > 1:

@@ -45,7 +45,7 @@ from rsseg.labels import load_labels, load_tile_folder, read_tile_labels, split_
 from rsseg.models.backbone import load_backbone, read_backbone
 from rsseg.models.bundle import BandNorm, BundleMeta, ClassEntry, save_bundle
 from rsseg.models.factory import ModelSpec, build_model, required_multiple
-from rsseg.pretexts.base import parse_config
+from rsseg.registry import parse_config
 from rsseg.regularizers.base import SegInfo, get_regularizer, regularizer_class
 from rsseg.regularizers.multidomain import MultiDomainModel, domain_record
 from rsseg.tiling.stats import RunningStats

@@ -23,7 +23,8 @@ from rsseg.io.tileset import TileSet, load_tileset
 from rsseg.models.backbone import BackboneMeta, export_backbone
 from rsseg.models.bundle import BandNorm
 from rsseg.models.factory import ModelSpec, build_model, required_multiple
-from rsseg.pretexts.base import DataInfo, Pretext, get_pretext, pretext_class, pretext_label
+from rsseg.pretexts.base import DataInfo, Pretext, get_pretext, pretext_class
+from rsseg.pretexts.compose import pretext_label
 from rsseg.training.data import PretrainTiles
 from rsseg.training.diagnostics import SpectrumMonitor
 from rsseg.training.engine import build_trainer

@@ -37,14 +37,7 @@ from torch import Tensor, nn
 
 from rsseg.errors import ConfigError
 from rsseg.losses.infonce import information_regularizer, positive_similarity
-from rsseg.pretexts.base import (
-    DataInfo,
-    Pretext,
-    PretextConfig,
-    get_pretext,
-    pretext_class,
-    register,
-)
+from rsseg.pretexts.base import DataInfo, Pretext, get_pretext, pretext_class
 from rsseg.pretexts.features import global_features
 from rsseg.pretexts.views import (
     MatchedViewSampler,
@@ -54,9 +47,10 @@ from rsseg.pretexts.views import (
     make_view_pair,
     sample_patches,
 )
+from rsseg.registry import MethodConfig, register
 
 
-class AdversarialConfig(PretextConfig):
+class AdversarialConfig(MethodConfig):
     """ARIEL-style settings; ``base``/``base_params`` name and configure the wrapped pretext."""
 
     base: str = "glcnet"

@@ -49,17 +49,10 @@ from torch import Tensor, nn
 
 from rsseg.errors import ConfigError
 from rsseg.losses.infonce import grouped_nt_xent
-from rsseg.pretexts.base import (
-    DataInfo,
-    Pretext,
-    PretextConfig,
-    get_pretext,
-    mlp_head,
-    pretext_class,
-    register,
-)
+from rsseg.pretexts.base import DataInfo, Pretext, get_pretext, pretext_class
 from rsseg.pretexts.clustering import EmbeddingBank, kmeans
 from rsseg.pretexts.features import feature_channels, global_features
+from rsseg.pretexts.heads import mlp_head
 from rsseg.pretexts.views import (
     MatchedViewSampler,
     Radiometry,
@@ -68,9 +61,10 @@ from rsseg.pretexts.views import (
     make_view_pair,
     sample_patches,
 )
+from rsseg.registry import MethodConfig, register
 
 
-class CLAWSConfig(PretextConfig):
+class CLAWSConfig(MethodConfig):
     """CLAWS settings."""
 
     mask: Literal["ndvi", "labels", "none"] = "ndvi"

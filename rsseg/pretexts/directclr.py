@@ -32,14 +32,15 @@ from torch import Tensor, nn
 
 from rsseg.errors import ConfigError
 from rsseg.losses.infonce import symmetric_infonce
-from rsseg.pretexts.base import Pretext, PretextConfig, register
+from rsseg.pretexts.base import Pretext
 from rsseg.pretexts.features import box_mean, extract_features, feature_channels, global_features
 from rsseg.pretexts.views import MatchedViewSampler, TwoViewSampler, ViewConfig
+from rsseg.registry import MethodConfig, register
 
 PAPER_FRACTION = 360 / 2048
 
 
-class DirectCLRConfig(PretextConfig):
+class DirectCLRConfig(MethodConfig):
     """DirectCLR settings; defaults are the paper's."""
 
     variant: Literal["global", "dense", "both"] = "global"

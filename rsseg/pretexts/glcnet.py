@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from rsseg.losses.contrastive import nt_xent
-from rsseg.pretexts.base import Pretext, PretextConfig, mlp_head, register
+from rsseg.pretexts.base import Pretext
 from rsseg.pretexts.features import (
     box_mean,
     extract_features,
@@ -36,10 +36,12 @@ from rsseg.pretexts.features import (
     global_features,
     style_vector,
 )
+from rsseg.pretexts.heads import mlp_head
 from rsseg.pretexts.views import MatchedViewSampler, ViewConfig
+from rsseg.registry import MethodConfig, register
 
 
-class GLCNetConfig(PretextConfig):
+class GLCNetConfig(MethodConfig):
     """GLCNet settings; defaults reproduce the paper."""
 
     view_size: int = Field(224, ge=16, le=4096)  # the model decides the multiple it needs

@@ -43,15 +43,17 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from rsseg.losses.infonce import prototype_infonce, queue_infonce
-from rsseg.pretexts.base import Pretext, PretextConfig, mlp_head, register
+from rsseg.pretexts.base import Pretext
 from rsseg.pretexts.clustering import EmbeddingBank, PrototypeLevel, hierarchical_kmeans
 from rsseg.pretexts.features import feature_channels, global_features
+from rsseg.pretexts.heads import mlp_head
 from rsseg.pretexts.views import TwoViewSampler, ViewConfig
+from rsseg.registry import MethodConfig, register
 
 MIN_POINTS_PER_CENTROID = 10
 
 
-class HCSCConfig(PretextConfig):
+class HCSCConfig(MethodConfig):
     """HCSC settings; defaults are the paper's (prototype counts scaled to the tile count)."""
 
     dim: int = Field(128, ge=2, le=4096)

@@ -14,12 +14,14 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from rsseg.losses.contrastive import nt_xent
-from rsseg.pretexts.base import Pretext, PretextConfig, mlp_head, register
+from rsseg.pretexts.base import Pretext
 from rsseg.pretexts.features import feature_channels, global_features
+from rsseg.pretexts.heads import mlp_head
 from rsseg.pretexts.views import TwoViewSampler, ViewConfig
+from rsseg.registry import MethodConfig, register
 
 
-class SimCLRConfig(PretextConfig):
+class SimCLRConfig(MethodConfig):
     """SimCLR settings."""
 
     view_size: int = Field(224, ge=16, le=4096)  # the model decides the multiple it needs

@@ -2,7 +2,7 @@
 
 A regularizer is one module in ``rsseg/regularizers/`` holding one ``@register``ed
 :class:`Regularizer` subclass (``kind = "regularizer"``; the registry is the one of
-:mod:`rsseg.pretexts.base`). The fine-tuning engine (:class:`~rsseg.training.modules.
+:mod:`rsseg.registry`). The fine-tuning engine (:class:`~rsseg.training.modules.
 SegmentationModule`) never branches on the method:
 
     reg = get_regularizer(name, model, info, **params)  # ConfigError: bad name, key or value
@@ -35,7 +35,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from rsseg.errors import ConfigError
-from rsseg.pretexts.base import PretextConfig, check_needs, method_class, method_names, parse_config
+from rsseg.registry import MethodConfig, check_needs, method_class, method_names, parse_config
 
 TAPS = frozenset({"decoder", "bottleneck"})
 
@@ -103,7 +103,7 @@ class Stage:
     loss: str | None = None
 
 
-class RegularizerConfig(PretextConfig):
+class RegularizerConfig(MethodConfig):
     """Base of every regularizer's config: its weight ``w`` in ``L_sup + w·L``."""
 
     weight: float = Field(0.1, ge=0, le=100)

@@ -37,13 +37,13 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from torch import Tensor, nn
 
-from rsseg.pretexts.base import PretextConfig, register
+from rsseg.registry import MethodConfig, register
 
 # DC's get_loops: images per class → (inner_loop, net_steps) as DCC uses them.
 DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 
 
-class DCCConfig(PretextConfig):
+class DCCConfig(MethodConfig):
     """``rsseg condense`` settings (defaults: the DCC paper's, sized for ~10 tiles per class)."""
 
     per_class: int = Field(10, ge=1, le=1000)  # synthetic tiles per class

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from rsseg.errors import ConfigError, InputError
 from rsseg.models.bundle import read_meta
 from rsseg.models.factory import ModelSpec, build_model
-from rsseg.pretexts.base import register
+from rsseg.registry import register
 from rsseg.regularizers.base import Regularizer, RegularizerConfig, SegInfo, SegStep, tap_channels
 
 

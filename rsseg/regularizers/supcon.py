@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from rsseg.pretexts.base import register
+from rsseg.registry import register
 from rsseg.regularizers.base import (
     Regularizer,
     RegularizerConfig,
