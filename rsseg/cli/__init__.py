@@ -32,7 +32,7 @@ def _root() -> None:
 
 # Each module registers its command(s) on ``app`` when imported.
 _COMMAND_MODULES = ("tile", "pretrain", "finetune", "predict", "evaluate", "info", "demo",
-                    "methods", "vectorize", "export_onnx", "condense")
+                    "methods", "vectorize", "export_onnx", "condense", "suggest")
 for _name in _COMMAND_MODULES:
     try:
         importlib.import_module(f"rsseg.cli.{_name}")

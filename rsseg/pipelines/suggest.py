@@ -1,0 +1,464 @@
+"""``rsseg suggest``: the points of some scenes worth labelling next, as a GeoPackage for QGIS.
+
+Each scene streams once through the predictor of ``rsseg predict``
+(:class:`~rsseg.inference.sliding.SlidingWindowPredictor`, one band of rows at a time); the
+blended probabilities give each pixel an uncertainty (:func:`rsseg.sampling.uncertainty`), each
+``cell`` × ``cell`` block one candidate (its most uncertain pixel, or a random one) and a pool
+keeps the best candidates per predicted class (:mod:`rsseg.sampling`). Nodata pixels, labelled
+pixels (``--labels``) and pixels closer than ``--min-distance`` to a labelled one are never
+candidates. The ``diversity`` and ``hybrid`` strategies then read the model's features at the
+candidates and at up to :data:`MAX_CENTRES` labelled pixels per scene (the deepest encoder stage,
+bilinear at the pixel; the last layer's input for per-pixel models), running the model again on
+only the windows that hold them, and :func:`rsseg.sampling.select` picks N.
+
+Memory: one band of rows, the pool (:data:`POOL_PER_POINT` × N per class), and one scene's
+labelled mask when ``--labels`` is given. The points go to a GeoPackage with a ``.qml`` beside it
+(:mod:`rsseg.io.suggestions`), both published atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rasterio.windows import Window
+from torch import nn
+
+from rsseg.classes import IGNORE, ClassTable
+from rsseg.errors import ConfigError, InputError
+from rsseg.inference.device import resolve_device
+from rsseg.inference.runtime import RuntimeOptions, auto_batch_size, build_runner
+from rsseg.inference.sliding import SlidingWindowPredictor
+from rsseg.io.atomic import check_output
+from rsseg.io.inputs import expand_scenes
+from rsseg.io.publish import publishing
+from rsseg.io.qml import qml_path
+from rsseg.io.raster import NoGeoreferencing, Scene, SceneInfo, open_scene
+from rsseg.io.suggestions import (
+    LabelColumn,
+    crs_name,
+    points_qml,
+    read_label_column,
+    same_crs,
+    write_points,
+)
+from rsseg.io.vector import burn_feature_index, intersects_scene, read_vector
+from rsseg.io.writer import bounded_gdal_cache
+from rsseg.labels import VECTOR_SUFFIXES, read_label_raster
+from rsseg.models.bundle import BundleMeta, load_bundle, read_meta
+from rsseg.models.factory import required_multiple
+from rsseg.pipelines.predict import _check_options, _in_model_band_order
+from rsseg.pipelines.radiometry import check_radiometry
+from rsseg.regularizers.base import capture
+from rsseg.sampling import (
+    FEATURE_STRATEGIES,
+    MEASURES,
+    STRATEGIES,
+    CandidatePool,
+    Candidates,
+    CellReducer,
+    NearIndex,
+    select,
+    uncertainty,
+)
+from rsseg.tiling.blend import Layout, layout
+
+DEFAULT_MIN_PIXELS = 5.0  # --min-distance when not given, in pixels
+MIN_CELL = 8  # side of a candidate block in pixels (at least --min-distance)
+POOL_PER_POINT = 8  # candidates kept per predicted class, per point asked
+MIN_POOL = 256  # ... and at least this many
+MAX_CENTRES = 256  # labelled pixels per scene whose features count as already picked
+FIELDS = ("predicted", "confidence", "uncertainty", "rank", "scene")  # after the label column
+
+LabelledMask = Callable[[SceneInfo], "np.ndarray | None"]
+"""A scene's header → ``(H, W)`` bool, True where a pixel is already labelled (None: none is)."""
+
+
+@dataclass(frozen=True)
+class SuggestOptions:
+    """Flags of ``rsseg suggest``; ``tile``/``overlap`` None take the bundle's defaults,
+    ``min_distance`` None is :data:`DEFAULT_MIN_PIXELS` pixels (else in CRS units)."""
+
+    n: int = 50
+    strategy: str = "hybrid"
+    measure: str = "margin"
+    min_distance: float | None = None
+    labels: tuple[Path, ...] = ()
+    label_column: str = "label"
+    seed: int = 0
+    tile: int | None = None
+    overlap: int | None = None
+    batch_size: int | None = None
+    nodata: float | None = None
+    device: str = "auto"
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class Suggestions:
+    """The picked points in rank order, the scenes they index and the model's classes."""
+
+    points: Candidates
+    scenes: tuple[SceneInfo, ...]
+    classes: ClassTable
+    eligible: int  # candidate pixels: valid and not labelled, over every scene
+
+    def class_names(self) -> list[str]:
+        return [self.classes.classes[int(k)].name for k in self.points.predicted]
+
+
+@dataclass(frozen=True)
+class SuggestSummary:
+    out: Path
+    style: Path
+    points: int
+    per_class: dict[str, int]
+    eligible: int
+    scenes: int
+    seconds: float
+
+
+def check_suggest_options(options: SuggestOptions) -> None:
+    """One-line errors for bad values, before any work."""
+    if options.n <= 0:
+        raise ConfigError(f"--n {options.n} must be at least 1", "use e.g. --n 50")
+    if options.strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {options.strategy!r}",
+                          f"use one of {', '.join(STRATEGIES)}")
+    if options.measure not in MEASURES:
+        raise ConfigError(f"unknown uncertainty measure {options.measure!r}",
+                          f"use one of {', '.join(MEASURES)}")
+    distance = options.min_distance
+    if distance is not None and not (math.isfinite(distance) and distance >= 0):
+        raise ConfigError(f"--min-distance {distance:g} must be 0 or more",
+                          "use e.g. --min-distance 100 (CRS units)")
+    if options.batch_size is not None and options.batch_size < 1:
+        raise ConfigError(f"--batch-size {options.batch_size} must be at least 1", "use e.g. 8")
+
+
+def suggest_points(scenes: Sequence[str | Path], model: str | Path,
+                   options: SuggestOptions = SuggestOptions(),
+                   labelled: LabelledMask | None = None) -> Suggestions:
+    """Pick ``options.n`` points of ``scenes`` worth labelling for the bundle ``model``.
+
+    ``labelled`` gives each scene's labelled pixels (never picked, nor closer than the minimum
+    distance). Raises InputError/ConfigError (one line) for bad input, among them an all-nodata
+    scene, more points than candidate pixels and more points than fit that far apart.
+    """
+    check_suggest_options(options)
+    model = Path(model)
+    net, meta = load_bundle(model)
+    tile = meta.tile if options.tile is None else options.tile
+    overlap = meta.overlap if options.overlap is None else options.overlap
+    multiple = required_multiple(meta.model)
+    _check_options(tile, overlap, options.batch_size, multiple, meta)
+    device = resolve_device(options.device)
+    net = net.to(device)
+    by_uncertainty = options.strategy in ("uncertainty", "hybrid")
+    pool = CandidatePool(max(POOL_PER_POINT * options.n, MIN_POOL), by_uncertainty)
+    infos: list[SceneInfo] = []
+    radii: list[float] = []
+    centres: list[tuple[np.ndarray, np.ndarray]] = []
+    eligible = 0
+    with bounded_gdal_cache():
+        for i, path in enumerate(scenes):
+            with open_scene(path, nodata=options.nodata) as src:
+                src = _in_model_band_order(src, meta, model)
+                check_radiometry(src, meta)
+                mask = labelled(src.info) if labelled is not None else None
+                radius = _radius_px(options.min_distance, src.info)
+                rng = np.random.default_rng([options.seed, i])
+                reducer = CellReducer(src.info.width, max(MIN_CELL, math.ceil(radius)),
+                                      by_uncertainty, rng, scene=i)
+                valid = _scan(src, net, meta, model, options, tile, overlap, multiple, device,
+                              mask, radius, reducer, pool)
+                if not valid:
+                    raise InputError(f"{path}: every pixel is nodata, nothing to suggest",
+                                     "check the scene and --nodata")
+                infos.append(src.info)
+                radii.append(radius)
+                eligible += reducer.eligible
+                centres.append(_sample_labelled(mask, rng))
+    if options.n > eligible:
+        raise InputError(f"--n {options.n} is more than the {eligible} candidate pixel(s) "
+                         "(valid and not labelled)", f"ask for at most --n {eligible}")
+    cands = pool.candidates()
+    features = centre_features = None
+    if options.strategy in FEATURE_STRATEGIES:
+        features, centre_features = _features(scenes, cands, centres, net, meta, model, options,
+                                              tile, overlap, multiple, device)
+    picks = select(cands, options.n, options.strategy, radii, features, centre_features)
+    if len(picks) < options.n:
+        apart = (f"{options.min_distance:g} CRS units" if options.min_distance is not None
+                 else f"{DEFAULT_MIN_PIXELS:g} pixels")
+        raise InputError(f"only {len(picks)} of --n {options.n} points fit at least {apart} "
+                         f"apart among the {eligible} candidate pixel(s)",
+                         "lower --n or --min-distance")
+    return Suggestions(cands.take(picks), tuple(infos), meta.class_table(), eligible)
+
+
+def _radius_px(min_distance: float | None, info: SceneInfo) -> float:
+    """``--min-distance`` (CRS units; pixels without georeferencing) in this scene's pixels."""
+    if min_distance is None:
+        return DEFAULT_MIN_PIXELS
+    return min_distance / float(np.mean(info.resolution))
+
+
+def _scan(src: Scene, net: nn.Module, meta: BundleMeta, model: Path, options: SuggestOptions,
+          tile: int, overlap: int, multiple: int, device: torch.device, mask: np.ndarray | None,
+          radius: float, reducer: CellReducer, pool: CandidatePool) -> int:
+    """One streaming pass over ``src`` feeding ``pool``; returns the number of valid pixels."""
+    info = src.info
+    lay = layout(info.height, info.width, tile, overlap, multiple)
+    runner = build_runner(net, meta, model, device, RuntimeOptions(), (lay.win_h, lay.win_w))
+    batch = options.batch_size or auto_batch_size(
+        runner, device, (len(meta.bands), lay.win_h, lay.win_w), lay.count)
+    predictor = SlidingWindowPredictor(runner, meta.normalise, meta.model.classes, tile, overlap,
+                                       multiple, batch)
+    near = NearIndex(*np.nonzero(mask), radius) if mask is not None else None
+    valid = 0
+    for band in predictor.bands(src):
+        score, index, confidence = uncertainty(band.probs, options.measure)
+        ok = band.valid
+        valid += int(ok.sum())
+        if mask is not None:
+            ok = ok & ~mask[band.row:band.row + ok.shape[0]]
+        for part in reducer.add(band.row, score, index, confidence, ok):
+            pool.add(_away_from(part, near))
+    for part in reducer.finish():
+        pool.add(_away_from(part, near))
+    return valid
+
+
+def _away_from(part: Candidates, near: NearIndex | None) -> Candidates:
+    """``part`` without the candidates closer than the minimum distance to a labelled pixel."""
+    if near is None:
+        return part
+    return part.take(~near.near(part.row, part.col))
+
+
+def _sample_labelled(mask: np.ndarray | None, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Up to :data:`MAX_CENTRES` labelled pixels ``(rows, cols)``, drawn with ``rng``."""
+    if mask is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows, cols = np.nonzero(mask)
+    if len(rows) > MAX_CENTRES:
+        keep = np.sort(rng.choice(len(rows), MAX_CENTRES, replace=False))
+        rows, cols = rows[keep], cols[keep]
+    return rows, cols
+
+
+def _features(scenes: Sequence[str | Path], cands: Candidates,
+              centres: list[tuple[np.ndarray, np.ndarray]], net: nn.Module, meta: BundleMeta,
+              model: Path, options: SuggestOptions, tile: int, overlap: int, multiple: int,
+              device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Features ``(len(cands), D)`` of the candidates and ``(M, D)`` of the labelled centres."""
+    found: list[np.ndarray | None] = [None] * len(cands)
+    out_centres: list[np.ndarray] = []
+    with bounded_gdal_cache(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoGeoreferencing)  # said once, by the first pass
+        for i, path in enumerate(scenes):
+            mine = np.flatnonzero(cands.scene == i)
+            rows = np.concatenate([cands.row[mine], centres[i][0]]).astype(np.int64)
+            cols = np.concatenate([cands.col[mine], centres[i][1]]).astype(np.int64)
+            if not len(rows):
+                continue
+            with open_scene(path, nodata=options.nodata) as src:
+                src = _in_model_band_order(src, meta, model)
+                lay = layout(src.info.height, src.info.width, tile, overlap, multiple)
+                feats = point_features(net, meta, src, rows, cols, lay, device,
+                                       options.batch_size or 2)
+            for j, f in zip(mine, feats[:len(mine)], strict=True):
+                found[j] = f
+            out_centres.append(feats[len(mine):])
+    dim = next((f.shape[0] for f in found if f is not None),
+               out_centres[0].shape[1] if out_centres else 1)
+    features = np.stack(found) if len(found) else np.zeros((0, dim), np.float32)
+    return features, (np.concatenate(out_centres) if out_centres
+                      else np.zeros((0, dim), np.float32))
+
+
+def feature_tap(net: nn.Module) -> str:
+    """The feature map read at the points: the deepest encoder stage, or (models without an
+    encoder, e.g. ``pixel``) the input of the last layer."""
+    return "bottleneck" if isinstance(getattr(net, "encoder", None), nn.Module) else "decoder"
+
+
+@torch.inference_mode()
+def point_features(net: nn.Module, meta: BundleMeta, scene: Scene, rows: np.ndarray,
+                   cols: np.ndarray, lay: Layout, device: torch.device,
+                   batch_size: int) -> np.ndarray:
+    """``(N, D)`` float32 features of the model at pixels ``(rows, cols)`` of ``scene``.
+
+    Each pixel is read in the layout window whose centre is nearest (windows run once each, in
+    batches, their input prepared as the predictor prepares it), and its feature is the
+    bilinear sample of :func:`feature_tap`'s map at the pixel centre.
+    """
+    tap = feature_tap(net)
+    win_r = np.abs(rows[:, None] + 0.5 - (np.asarray(lay.rows) + lay.win_h / 2)).argmin(1)
+    win_c = np.abs(cols[:, None] + 0.5 - (np.asarray(lay.cols) + lay.win_w / 2)).argmin(1)
+    windows = sorted(set(zip(win_r.tolist(), win_c.tolist(), strict=True)))
+    boundless = lay.win_h > lay.height or lay.win_w > lay.width
+    out: np.ndarray | None = None
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start:start + batch_size]
+        pixels = np.stack([scene.read(Window(lay.cols[c], lay.rows[r], lay.win_w, lay.win_h),
+                                      boundless=boundless) for r, c in chunk])
+        missing = scene.band_missing(pixels)
+        for b, (r, c) in enumerate(chunk):  # padding of a scene smaller than a window
+            missing[b, :, lay.height - lay.rows[r]:] = True
+            missing[b, :, :, lay.width - lay.cols[c]:] = True
+        x = meta.normalise(pixels)
+        if np.issubdtype(pixels.dtype, np.floating):
+            x[~np.isfinite(x)] = 0
+        np.copyto(x, np.float32(0), where=missing)
+        with capture(net, [tap]) as taps:
+            net(torch.from_numpy(x).to(device))
+        fmap = taps[tap].float()
+        for b, (r, c) in enumerate(chunk):
+            sel = np.flatnonzero((win_r == r) & (win_c == c))
+            gx = (cols[sel] - lay.cols[c] + 0.5) / lay.win_w * 2 - 1
+            gy = (rows[sel] - lay.rows[r] + 0.5) / lay.win_h * 2 - 1
+            grid = torch.from_numpy(np.stack([gx, gy], 1).astype(np.float32))[None, None]
+            sample = F.grid_sample(fmap[b:b + 1], grid.to(fmap.device), mode="bilinear",
+                                   align_corners=False)[0, :, 0].T.cpu().numpy()
+            if out is None:
+                out = np.zeros((len(rows), sample.shape[1]), np.float32)
+            out[sel] = sample
+    return out if out is not None else np.zeros((0, 1), np.float32)
+
+
+# --- the command: label files in, GeoPackage + style out ---------------------------------------
+
+def labelled_mask(files: Sequence[Path], column: str, info: SceneInfo) -> np.ndarray:
+    """``(H, W)`` bool: the pixels of ``info``'s grid that ``files`` label (vector rows with a
+    value in ``column``, rasterized as finetune does; label rasters on the scene grid)."""
+    mask = np.zeros((info.height, info.width), dtype=bool)
+    for path in files:
+        if path.suffix.lower() in VECTOR_SUFFIXES:
+            layer = read_vector(path, column, info.crs)
+            has = (~np.isnan(layer.values) if layer.numeric
+                   else np.array([v is not None for v in layer.values], dtype=bool))
+            inside = intersects_scene(layer.geometries, info) & has
+            mask |= burn_feature_index(np.where(inside, layer.geometries, None), info) >= 0
+        else:
+            mask |= read_label_raster(path, info).labels != IGNORE
+    return mask
+
+
+def suggest(scenes: Sequence[str | Path], model: str | Path, out: str | Path,
+            options: SuggestOptions = SuggestOptions()) -> SuggestSummary:
+    """Write ``out`` (GeoPackage) and its ``.qml``: the points to label, see the module doc.
+
+    Outputs, scenes, label files and the bundle's bands are checked before any pixel is read;
+    whatever fails, nothing appears at ``out``.
+    """
+    start = time.perf_counter()
+    check_suggest_options(options)
+    out = check_output(out, options.overwrite, file=True)
+    if out.suffix.lower() != ".gpkg":
+        raise ConfigError(f"--out {out}: points for QGIS are written as a GeoPackage",
+                          "name it .gpkg")
+    style = check_output(qml_path(out), options.overwrite)
+    if options.label_column in FIELDS:
+        raise ConfigError(f"--label-column {options.label_column!r} is also a column rsseg "
+                          f"writes ({', '.join(FIELDS)})", "choose another name")
+    paths = [s.path for s in expand_scenes(scenes)]
+    infos = _headers(paths, options.nodata)
+    meta = read_meta(model)
+    columns = _label_columns(options, infos)
+    picked = suggest_points(paths, model, options,
+                            labelled=(lambda info: labelled_mask(options.labels,
+                                                                 options.label_column, info))
+                            if options.labels else None)
+    numeric = bool(columns) and columns[0].numeric
+    points = picked.points
+    xs, ys = np.zeros(len(points)), np.zeros(len(points))
+    for i, info in enumerate(picked.scenes):
+        sel = points.scene == i
+        xs[sel], ys[sel] = info.transform * (points.col[sel] + 0.5, points.row[sel] + 0.5)
+    names = picked.class_names()
+    attributes = {"predicted": names,
+                  "confidence": np.round(points.confidence.astype(np.float64), 4),
+                  "uncertainty": np.round(points.uncertainty.astype(np.float64), 4),
+                  "rank": np.arange(1, len(points) + 1, dtype=np.int32),
+                  "scene": [paths[int(i)].name for i in points.scene]}
+    classes = meta.class_table()
+    text = points_qml([(c.name, c.color) for c in classes.classes],
+                      _choices(classes, columns, numeric), options.label_column,
+                      [options.label_column, *FIELDS])
+    with publishing() as pub:
+        staged = pub.stage(out, options.overwrite, primary=True)
+        write_points(staged, xs, ys, options.label_column, numeric, attributes, infos[0].crs,
+                     out.stem)
+        pub.write(style, text, options.overwrite)
+    return SuggestSummary(out, style, len(points), dict(Counter(names)), picked.eligible,
+                          len(paths), time.perf_counter() - start)
+
+
+def _headers(paths: Sequence[Path], nodata: float | None) -> list[SceneInfo]:
+    """The scenes' headers; one layer needs one CRS, and pixel coordinates one image."""
+    infos = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoGeoreferencing)  # said by the pass over the scene
+        for path in paths:
+            with open_scene(path, nodata=nodata) as src:
+                infos.append(src.info)
+    plain = [i.path.name for i in infos if not i.georeferenced]
+    if plain and len(infos) > 1:
+        raise InputError(f"{plain[0]} has no georeferencing and {len(infos)} scenes were given: "
+                         "pixel coordinates of different images would overlap in one layer",
+                         "run rsseg suggest once per image")
+    crs = {str(i.crs) for i in infos}
+    if len(crs) > 1:
+        raise InputError(f"the scenes are in {len(crs)} different CRSs ({', '.join(sorted(crs))})"
+                         ": one layer has one CRS", "run rsseg suggest once per CRS")
+    return infos
+
+
+def _label_columns(options: SuggestOptions, infos: Sequence[SceneInfo]) -> list[LabelColumn]:
+    """The class columns of the vector label files (checked), warning where they are
+    reprojected; label rasters must exist (their grid is checked per scene)."""
+    columns = []
+    for path in options.labels:
+        if path.suffix.lower() not in VECTOR_SUFFIXES:
+            if not path.exists():
+                raise InputError(f"{path}: no such file", "check --labels")
+            continue
+        column = read_label_column(path, options.label_column)
+        scene_crs = infos[0].crs
+        if column.crs is not None and scene_crs is not None \
+                and not same_crs(column.crs, scene_crs):
+            warnings.warn(f"{path.name}: labels in {crs_name(column.crs)}, reprojected to the "
+                          f"scenes' CRS {crs_name(scene_crs.to_wkt())}", UserWarning,
+                          stacklevel=3)
+        columns.append(column)
+    kinds = {c.numeric for c in columns}
+    if len(kinds) > 1:
+        raise InputError(f"--labels: column {options.label_column!r} holds class ids in some "
+                         "files and names in others", "give label files of one kind")
+    return columns
+
+
+def _choices(classes: ClassTable, columns: Sequence[LabelColumn], numeric: bool
+             ) -> dict[str, str]:
+    """The label drop-down, shown name → stored value: the model's classes, then any other
+    class the label files hold."""
+    if numeric:
+        ids = {c.id: c.name for c in classes.classes}
+        for column in columns:
+            for value in column.values:
+                ids.setdefault(int(value), f"class {value}")
+        return {name: str(i) for i, name in sorted(ids.items())}
+    names = list(classes.names)
+    names += sorted({str(v) for c in columns for v in c.values} - set(names))
+    return {name: name for name in names}
