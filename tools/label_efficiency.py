@@ -373,8 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = args.settings.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     protocols = args.protocols.split(",")
-    for setting in settings:
-        study.labels(setting, 0)  # refuses settings that do not exist, before any work
+    for setting in settings:  # refuse settings that do not exist, before any work
+        try:
+            study.labels(setting, 0)
+        except ValueError:
+            raise SystemExit(f"error: setting {setting!r}: not a number after the colon "
+                             "(e.g. points:20, images:0.2, pixels:0.25)") from None
     config = load_config(FinetuneConfig, args.config,
                          ["data.val_fraction=0", "trainer.accelerator=cpu", *args.sets])
     results = {"dataset": args.dataset, "arms": list(arms), "runs": [],
