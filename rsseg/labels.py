@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from rasterio.windows import Window
 
-from rsseg.classes import IGNORE, MAX_ID, ClassTable, raster_classes
+from rsseg.classes import IGNORE, MAX_ID, ClassInfo, ClassTable, default_color, raster_classes
 from rsseg.errors import ConfigError, InputError
 from rsseg.grid import check_same_grid
 from rsseg.io.raster import SceneInfo, open_scene
@@ -58,6 +58,69 @@ def load_labels(path: str | Path, scene: SceneInfo, column: str | None = None,
     if path.suffix.lower() in VECTOR_SUFFIXES:
         raise InputError(f"{path}: vector labels need a class column", "pass --label-column COL")
     return read_label_raster(path, scene, ignore, classes)
+
+
+def load_label_files(paths: Sequence[str | Path], scene: SceneInfo, column: str | None = None,
+                     ignore: float | None = None, classes: ClassTable | None = None
+                     ) -> SparseLabels:
+    """Labels for ``scene`` from several files: label rasters and (with ``column``) vector files,
+    told apart by suffix; where two label one pixel the later file wins (with a warning).
+
+    Without ``classes`` the files' classes are joined (:func:`_joint_classes`). A file with no
+    labelled pixel in the scene is skipped as long as another has some.
+    """
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1:
+        return load_labels(paths[0], scene, column, ignore, classes)
+    table = classes or _joint_classes(paths, scene, column, ignore)
+    merged = np.full((scene.height, scene.width), IGNORE, dtype=np.uint8)
+    for path in paths:
+        if path.suffix.lower() in VECTOR_SUFFIXES and column is not None:
+            labels = read_vector_labels(path, column, scene, table, required=False).labels
+        else:
+            labels = load_labels(path, scene, None, ignore, table).labels
+        mine = labels != IGNORE
+        differ = int((mine & (merged != IGNORE) & (merged != labels)).sum())
+        if differ:
+            warnings.warn(f"{path.name}: {differ} pixel(s) labelled otherwise by an earlier "
+                          f"--labels file; {path.name}'s class kept", UserWarning, stacklevel=2)
+        np.copyto(merged, labels, where=mine)
+    if not np.any(merged != IGNORE):
+        raise InputError(f"no labelled pixel inside {scene.path.name} in any of the "
+                         f"{len(paths)} label files", "check the labels' extent and CRS")
+    return SparseLabels(merged, table)
+
+
+def _joint_classes(paths: Sequence[Path], scene: SceneInfo, column: str | None,
+                   ignore: float | None) -> ClassTable:
+    """The classes of several label files: ids of rasters and numeric columns as found (named
+    as their files name them), class names matched to those names, other names numbered after
+    the largest id (names only: 1.. in sorted order, as for one file)."""
+    found: dict[int, ClassInfo] = {}
+    names: set[str] = set()
+    with warnings.catch_warnings():  # each file warns once, when it is read for its labels
+        warnings.simplefilter("ignore")
+        for path in paths:
+            if path.suffix.lower() in VECTOR_SUFFIXES and column is not None:
+                layer = read_vector(path, column, scene.crs)
+                if layer.numeric:
+                    ids = _feature_ids(layer.values, True, None, path, column)[1]
+                    for c in ids.classes:
+                        found.setdefault(c.id, c)
+                else:
+                    names |= {v for v in layer.values if v is not None}
+            else:
+                for c in load_labels(path, scene, None, ignore).classes.classes:
+                    found.setdefault(c.id, c)
+    known = {c.name for c in found.values()}
+    new = sorted(names - known)
+    start = max(found, default=0) + 1
+    for i, name in enumerate(new, start=start):
+        found[i] = ClassInfo(i, name, default_color(i))
+    if found and max(found) > MAX_ID:
+        raise InputError(f"{len(new)} class names and ids up to {start - 1} do not fit in class "
+                         f"ids 0..{MAX_ID}", "give a classes file (--classes)")
+    return ClassTable(tuple(found[i] for i in sorted(found)))
 
 
 def read_label_raster(path: str | Path, scene: SceneInfo, ignore: float | None = None,
@@ -114,26 +177,27 @@ def _table_for(found: np.ndarray, classes: ClassTable | None, source: Path) -> C
 
 
 def read_vector_labels(path: str | Path, column: str, scene: SceneInfo,
-                       classes: ClassTable | None = None) -> SparseLabels:
+                       classes: ClassTable | None = None, required: bool = True) -> SparseLabels:
     """Rasterize labelled points/lines/polygons onto ``scene``'s grid (later features win).
 
     Class ids: a numeric column holds ids (names from ``classes`` or ``class <id>``); a text
     column holds names, matched to ``classes`` or, without it, numbered 1.. in sorted order.
-    Features outside the scene, without a class, or covering no pixel centre are skipped with a
-    warning; no labelled pixel at all is an error.
+    Rows without a label (e.g. points of ``rsseg suggest`` not labelled yet), features outside
+    the scene, without geometry or covering no pixel centre are skipped with a warning counting
+    them; no labelled pixel at all is an error when ``required``.
     """
     layer = read_vector(path, column, scene.crs)
     ids, table = _feature_ids(layer.values, layer.numeric, classes, Path(path), column)
     n = len(ids)
-    usable = np.array([g is not None and not g.is_empty for g in layer.geometries], dtype=bool)
-    usable &= ids >= 0
+    shaped = np.array([g is not None and not g.is_empty for g in layer.geometries], dtype=bool)
+    usable = shaped & (ids >= 0)
     inside = intersects_scene(layer.geometries, scene) & usable
     index = burn_feature_index(np.where(inside, layer.geometries, None), scene)
     burned = np.bincount(index[index >= 0], minlength=n)
-    _warn_skipped(Path(path), n, usable, inside, burned)
+    _warn_skipped(Path(path), n, ids < 0, shaped, usable, inside, burned)
     lut = np.append(ids, IGNORE).astype(np.uint8)  # index -1 → IGNORE
     labels = lut[index]
-    if not np.any(labels != IGNORE):
+    if required and not np.any(labels != IGNORE):
         raise InputError(f"{path}: no labelled pixel inside the scene ({int(inside.sum())} of {n} "
                          "features touch it)", "check the labels' extent and CRS against the scene")
     return SparseLabels(labels, table)
@@ -162,14 +226,18 @@ def _feature_ids(values: np.ndarray, numeric: bool, classes: ClassTable | None, 
     return np.array([lookup[v] if v is not None else -1 for v in values], dtype=np.int64), classes
 
 
-def _warn_skipped(path: Path, n: int, usable: np.ndarray, inside: np.ndarray,
-                  burned: np.ndarray) -> None:
-    no_class = int((~usable).sum())
+def _warn_skipped(path: Path, n: int, unlabelled: np.ndarray, shaped: np.ndarray,
+                  usable: np.ndarray, inside: np.ndarray, burned: np.ndarray) -> None:
+    no_label = int(unlabelled.sum())
+    no_geometry = int((~shaped & ~unlabelled).sum())
     outside = int((usable & ~inside).sum())
     unburned = int((inside & (burned == 0)).sum())
-    if no_class:
-        warnings.warn(f"{path.name}: {no_class} of {n} features have no geometry or no class; "
-                      "skipped", UserWarning, stacklevel=3)
+    if no_label:
+        warnings.warn(f"{path.name}: {no_label} of {n} rows have no label; skipped",
+                      UserWarning, stacklevel=3)
+    if no_geometry:
+        warnings.warn(f"{path.name}: {no_geometry} of {n} features have no geometry; skipped",
+                      UserWarning, stacklevel=3)
     if outside:
         warnings.warn(f"{path.name}: {outside} of {n} features fall outside the scene; skipped",
                       UserWarning, stacklevel=3)

@@ -253,3 +253,26 @@ def test_existing_output_needs_overwrite(scene: Path, rgbn_bundle: Path, tmp_pat
                    "--overwrite").exit_code == 0
     with sqlite3.connect(out) as db:  # a valid GeoPackage, the new points
         assert db.execute("SELECT count(*) FROM to_label").fetchone()[0] == 4
+
+
+def test_point_features_are_the_model_features_at_the_pixels(scene: Path,
+                                                             rgbn_bundle: Path) -> None:
+    """Per-pixel model: the feature at a pixel is its normalised input (0 where nodata), read in
+    whichever window holds it."""
+    import torch
+
+    from rsseg.io.raster import open_scene
+    from rsseg.models.bundle import load_bundle
+    from rsseg.pipelines.suggest import feature_tap, point_features
+    from rsseg.tiling.blend import layout
+
+    net, meta = load_bundle(rgbn_bundle)
+    assert feature_tap(net) == "decoder"
+    rows, cols = np.array([0, 5, 30, 59, 59, 33]), np.array([0, 5, 41, 0, 79, 17])
+    with open_scene(scene) as src:
+        pixels = src.src.read()
+        lay = layout(60, 80, 32, 8, 1)
+        got = point_features(net, meta, src, rows, cols, lay, torch.device("cpu"), 3)
+    expected = (pixels[:, rows, cols].T - 10) / 5
+    expected[pixels[0, rows, cols] == NODATA] = 0
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -20,7 +20,9 @@ def finetune(
     scene: list[Path] = typer.Option([], help="Scene raster(s) the labels belong to."),
     tiles: list[Path] = typer.Option([], help="Tile folder with images/ and labels/ "
                                       "(repeat for several domains: multidomain)."),
-    labels: Path | None = typer.Option(None, help="Label raster (scene grid) or vector file."),
+    labels: list[Path] = typer.Option([], help="Label raster (scene grid) or vector file; "
+                                      "repeat to join several (e.g. the points of rsseg "
+                                      "suggest: rows without a label are skipped, counted)."),
     label_column: str | None = typer.Option(None, help="Class column of vector labels."),
     classes: Path | None = typer.Option(None, help="Classes file (id, name, color)."),
     nodata: float | None = typer.Option(None, help="Scene nodata value, overriding the file's."),
@@ -50,7 +52,7 @@ def finetune(
         "trainer.accelerator": device, "trainer.precision": precision,
         "data.label_fraction": label_fraction,
         "trainer.max_time": parse_duration(max_time) if max_time is not None else None})
-    bundle = run_finetune(out, cfg, scenes=scene, tiles=tiles or None, labels=labels,
+    bundle = run_finetune(out, cfg, scenes=scene, tiles=tiles or None, labels=labels or None,
                           label_column=label_column, classes_file=classes, nodata=nodata,
                           init=init, methods=method, resume=resume, overwrite=overwrite)
     others = sorted(p.name for p in bundle.parent.glob("model.*.rsseg"))

@@ -41,7 +41,13 @@ from rsseg.classes import IGNORE, ClassTable, read_classes
 from rsseg.config import DomainSource, FinetuneConfig, ModelConfig
 from rsseg.errors import ConfigError, InputError, UsageError
 from rsseg.io.raster import open_scene
-from rsseg.labels import load_labels, load_tile_folder, read_tile_labels, split_by_group
+from rsseg.labels import (
+    VECTOR_SUFFIXES,
+    load_label_files,
+    load_tile_folder,
+    read_tile_labels,
+    split_by_group,
+)
 from rsseg.models.backbone import load_backbone, read_backbone
 from rsseg.models.bundle import BandNorm, BundleMeta, ClassEntry, save_bundle
 from rsseg.models.factory import ModelSpec, build_model, required_multiple
@@ -94,17 +100,20 @@ def _block_split(labels: np.ndarray, block: int, fraction: float, seed: int
     return np.where(is_val, IGNORE, labels), np.where(is_val, labels, IGNORE)
 
 
-def scene_sources(scenes: list[Path], labels: Path, column: str | None,
+def scene_sources(scenes: list[Path], labels: Path | Sequence[Path], column: str | None,
                   classes: ClassTable | None, nodata: float | None, cfg: FinetuneConfig
                   ) -> LabelSources:
-    """Sparse labels on each scene's grid (one label raster: one scene; vectors: any)."""
-    if column is None and len(scenes) > 1:
+    """Sparse labels on each scene's grid from one or several label files (a label raster: one
+    scene; vectors: any)."""
+    files = label_files(labels)
+    rasters = column is None or any(p.suffix.lower() not in VECTOR_SUFFIXES for p in files)
+    if rasters and len(scenes) > 1:
         raise UsageError("a label raster belongs to one scene grid but several --scene were given",
                          "pass one --scene, or vector labels with --label-column")
     found = []
     for path in scenes:
         with open_scene(path, nodata=nodata) as scene:
-            found.append((path, load_labels(labels, scene.info, column, classes=classes),
+            found.append((path, load_label_files(files, scene.info, column, classes=classes),
                           scene.info))
     table = classes or _union([sparse.classes for _, sparse, _ in found])
     train, val = [], []
@@ -117,6 +126,13 @@ def scene_sources(scenes: list[Path], labels: Path, column: str | None,
     resolution = float(info.resolution[0]) if info.crs is not None and info.crs.is_projected \
         else None
     return LabelSources(train, val, table, resolution)
+
+
+def label_files(labels: Path | Sequence[Path] | None) -> list[Path]:
+    """``--labels`` given once or several times, as a list."""
+    if labels is None:
+        return []
+    return [Path(labels)] if isinstance(labels, (str, Path)) else [Path(p) for p in labels]
 
 
 def _union(tables: list[ClassTable]) -> ClassTable:
@@ -281,8 +297,8 @@ def _domain_name(path: Path, taken: set[str]) -> str:
 
 
 def _domains(config: FinetuneConfig, scenes: list[Path], tiles: list[Path],
-             labels: Path | None, label_column: str | None, classes: ClassTable | None,
-             nodata: float | None) -> list[Domain]:
+             labels: Path | Sequence[Path] | None, label_column: str | None,
+             classes: ClassTable | None, nodata: float | None) -> list[Domain]:
     """The labelled datasets of the run, from the flags or the config's ``domains``."""
     if config.domains:
         if scenes or tiles:
@@ -296,7 +312,7 @@ def _domains(config: FinetuneConfig, scenes: list[Path], tiles: list[Path],
         raise UsageError("give either --scene (with --labels) or --tiles",
                          "e.g. --scene scene.tif --labels labels.tif")
     if scenes:
-        if labels is None:
+        if not label_files(labels):
             raise UsageError("--scene needs --labels (a label raster or a vector file)")
         return [Domain("", scene_sources(scenes, labels, label_column, classes, nodata,
                                          config))]
@@ -329,7 +345,8 @@ class _PerDomain(Dataset):
 
 
 def finetune(out: str | Path, config: FinetuneConfig, *, scenes: list[Path] | None = None,
-             tiles: Path | Sequence[Path] | None = None, labels: Path | None = None,
+             tiles: Path | Sequence[Path] | None = None,
+             labels: Path | Sequence[Path] | None = None,
              label_column: str | None = None, classes_file: Path | None = None,
              nodata: float | None = None, init: Path | None = None,
              methods: Sequence[str] = (), resume: bool = False,
@@ -383,7 +400,7 @@ def finetune(out: str | Path, config: FinetuneConfig, *, scenes: list[Path] | No
     info = SegInfo(tuple(s.classes for s in specs), names, config.trainer.epochs, IGNORE)
     regularizers = [get_regularizer(name, model, info, **params)
                     for name, params in config.regularizers.items()]
-    inputs = [*(scenes or []), *tile_list, labels, init, classes_file,
+    inputs = [*(scenes or []), *tile_list, *label_files(labels), init, classes_file,
               *(p for d in config.domains for p in (d.tiles, *d.scenes, d.labels, d.classes))]
     with run_folder(out, config, resume=resume, overwrite=overwrite,
                     inputs=[p for p in inputs if p is not None]) as ckpt:
