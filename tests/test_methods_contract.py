@@ -22,7 +22,9 @@ from torch.utils.data import default_collate
 
 from rsseg.config import PretrainConfig, load_config
 from rsseg.models.factory import ModelSpec, build_model
-from rsseg.pretexts.base import DataInfo, Pretext, get_pretext, pretext_class, pretext_names
+from rsseg.pretexts.base import DataInfo, Pretext, get_pretext, pretext_names
+from rsseg.pretexts.compose import with_view_size
+from rsseg.pretexts.views import MatchedViewSampler, TwoViewSampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,12 +87,15 @@ def build(name: str) -> tuple[nn.Module, Pretext, dict[str, torch.Tensor]]:
                                   in_channels=len(info.band_names), classes=64,
                                   kwargs=config.model.kwargs))
     params = shrink(dict(config.pretext.params))
-    if "view_size" in pretext_class(name).config_class.model_fields:
-        params["view_size"] = VIEW
+    params.pop("view_size", None)
+    params = with_view_size(name, params, VIEW)
     pretext = get_pretext(name, model, **params)
     pretext.check_data({"two_views"})
     pretext.bind_data(info)
     sampler = pretext.sampler()
+    two_views = isinstance(sampler, TwoViewSampler | MatchedViewSampler)
+    assert type(pretext).view_pipeline == two_views, (
+        f"{name}: view_pipeline must say whether its sampler draws GLCNet's two views")
     rng = np.random.default_rng(0)
     batch = default_collate([sampler(t, rng, v) for t, v in zip(tiles, valid, strict=True)])
     return model, pretext, batch

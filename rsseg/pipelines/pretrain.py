@@ -23,8 +23,8 @@ from rsseg.io.tileset import TileSet, load_tileset
 from rsseg.models.backbone import BackboneMeta, export_backbone
 from rsseg.models.bundle import BandNorm
 from rsseg.models.factory import ModelSpec, build_model, required_multiple
-from rsseg.pretexts.base import DataInfo, Pretext, get_pretext, pretext_class
-from rsseg.pretexts.compose import pretext_label
+from rsseg.pretexts.base import DataInfo, Pretext, get_pretext
+from rsseg.pretexts.compose import pretext_label, with_view_size
 from rsseg.training.data import PretrainTiles
 from rsseg.training.diagnostics import SpectrumMonitor
 from rsseg.training.engine import build_trainer
@@ -111,9 +111,7 @@ def build_pretraining(tiles_dir: str | Path, config: PretrainConfig) -> Pretrain
                          f"{len(tileset.paths)}", "tile more scenes or a smaller --size")
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     model = build_model(spec)
-    params = dict(config.pretext.params)
-    if "view_size" in pretext_class(config.pretext.name).config_class.model_fields:
-        params.setdefault("view_size", size)
+    params = with_view_size(config.pretext.name, config.pretext.params, size)
     pretext = get_pretext(config.pretext.name, model, **params)
     pretext.check_data({"two_views"})
     pretext.bind_data(data_info(tileset))

@@ -26,7 +26,7 @@ K + 2 times per step).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,18 +35,11 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from rsseg.errors import ConfigError
 from rsseg.losses.infonce import information_regularizer, positive_similarity
-from rsseg.pretexts.base import DataInfo, Pretext, get_pretext, pretext_class
+from rsseg.pretexts.base import Pretext
+from rsseg.pretexts.compose import Wrapper, base_views
 from rsseg.pretexts.features import global_features
-from rsseg.pretexts.views import (
-    MatchedViewSampler,
-    Radiometry,
-    TwoViewSampler,
-    ViewConfig,
-    make_view_pair,
-    sample_patches,
-)
+from rsseg.pretexts.views import Radiometry, ViewConfig, make_view_pair, sample_patches
 from rsseg.registry import MethodConfig, register
 
 
@@ -85,7 +78,7 @@ class AdversarialSampler:
 
 
 @register
-class Adversarial(Pretext):
+class Adversarial(Wrapper):
     """Wraps ``base``; batch = the base's keys + ``view0`` ``(B, C, S, S)``."""
 
     name = "adversarial"
@@ -96,44 +89,15 @@ class Adversarial(Pretext):
     config_class = AdversarialConfig
     config: AdversarialConfig
     stateful = True  # runs the base several times per step: cannot itself be wrapped
+    stateless_base = True
+    needs_views_for = "to build the clean view x0"
+    base: Pretext
 
     def __init__(self, config: AdversarialConfig, model: nn.Module) -> None:
-        super().__init__(config)
-        if config.base == self.name:
-            raise ConfigError("method 'adversarial' cannot wrap itself", fix="base: glcnet")
-        params = dict(config.base_params)
-        base_cls = pretext_class(config.base)
-        if config.view_size is not None and "view_size" in base_cls.config_class.model_fields:
-            params.setdefault("view_size", config.view_size)
-        self.base = get_pretext(config.base, model, **params)
-        if self.base.stateful:
-            raise ConfigError(f"method 'adversarial' cannot wrap {config.base!r}: its forward "
-                              "updates a queue, bank or momentum encoder, and PGD evaluates "
-                              "it several times per step", fix="base: glcnet, simclr or directclr")
-        self._base_sampler = self.base.sampler()
-        if not isinstance(self._base_sampler, TwoViewSampler | MatchedViewSampler):
-            raise ConfigError(f"method 'adversarial' cannot wrap {config.base!r}: it needs "
-                              "GLCNet's two-view pipeline to build the clean view x0",
-                              fix="base: glcnet, simclr or directclr")
-
-    def check_data(self, available: Collection[str]) -> None:  # type: ignore[override]
-        """The base's data needs."""
-        self.base.check_data(available)
-
-    def bind_data(self, info: DataInfo) -> None:
-        self.base.bind_data(info)
-
-    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
-        self.base.on_epoch_start(epoch, model)
-
-    def embed(self, images: Tensor, model: nn.Module) -> dict[str, Tensor]:
-        return self.base.embed(images, model)
+        super().__init__(config, model, config.view_size)
 
     def sampler(self) -> AdversarialSampler:
-        s = self.base.sampler()  # after bind_data: with the tiles' radiometry
-        if isinstance(s, MatchedViewSampler):
-            return AdversarialSampler(s.size, s.views, s.patch_size, s.patch_num, s.radiometry)
-        return AdversarialSampler(s.size, s.views, radiometry=s.radiometry)
+        return AdversarialSampler(**base_views(self.base.sampler()))  # with the tiles' data
 
     def attack(self, batch: Mapping[str, Tensor], model: nn.Module) -> Tensor:
         """PGD view ``x0 + δ`` ``(B, C, S, S)`` maximising the base loss; model frozen, eval."""

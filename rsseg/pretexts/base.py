@@ -82,7 +82,9 @@ class Pretext(nn.Module, ABC):
     Class attributes: ``name`` (registry key), ``kind`` ("pretext"), ``description`` (one line),
     ``reference`` (paper), ``needs`` (subset of ``DATA_NEEDS``), ``config_class``, ``stateful``
     (True when ``forward`` also updates state such as a queue, a bank or a momentum encoder, so
-    it must run exactly once per training step).
+    it must run exactly once per training step), ``view_pipeline`` (True when ``sampler()``
+    draws GLCNet's two views, a ``TwoViewSampler`` or ``MatchedViewSampler``: a wrapper of
+    :mod:`rsseg.pretexts.compose` can then mask or perturb them).
     """
 
     name: ClassVar[str]
@@ -92,6 +94,7 @@ class Pretext(nn.Module, ABC):
     needs: ClassVar[frozenset[str]] = frozenset({"two_views"})
     config_class: ClassVar[type[MethodConfig]]
     stateful: ClassVar[bool] = False
+    view_pipeline: ClassVar[bool] = False
     embed_grid: ClassVar[int] = 4  # local embeddings: decoder pixels on a 4×4 grid per tile
 
     def __init__(self, config: MethodConfig) -> None:

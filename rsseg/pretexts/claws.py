@@ -24,8 +24,8 @@ claws``): the views are drawn by the base's view pipeline (its ``view_size`` and
 are multiplied by their masks before the base sees them, matched patches (GLCNet's local branch)
 are centred only on pixels attended in view 1 (any matched pixel when none is), and
 ``L = L_base(masked views) + weight·L_claws`` with ``L_claws`` the clustered masked contrast
-above (``weight`` 0: the masking alone). The base must use GLCNet's two-view pipeline
-(``glcnet``, ``simclr``, ``directclr``, ``hcsc``).
+above (``weight`` 0: the masking alone). The base must use GLCNet's two-view pipeline (the
+pretexts with ``view_pipeline``: ``rsseg.pretexts.compose.wrappable()``).
 
 Deviations: the paper builds whole batches within one class; the engine draws random batches,
 so here each batch is split into its clusters (same hard, same-cluster negatives, smaller
@@ -49,18 +49,12 @@ from torch import Tensor, nn
 
 from rsseg.errors import ConfigError
 from rsseg.losses.infonce import grouped_nt_xent
-from rsseg.pretexts.base import DataInfo, Pretext, get_pretext, pretext_class
+from rsseg.pretexts.base import DataInfo
 from rsseg.pretexts.clustering import EmbeddingBank, kmeans
+from rsseg.pretexts.compose import Wrapper, base_views
 from rsseg.pretexts.features import feature_channels, global_features
 from rsseg.pretexts.heads import mlp_head
-from rsseg.pretexts.views import (
-    MatchedViewSampler,
-    Radiometry,
-    TwoViewSampler,
-    ViewConfig,
-    make_view_pair,
-    sample_patches,
-)
+from rsseg.pretexts.views import Radiometry, ViewConfig, make_view_pair, sample_patches
 from rsseg.registry import MethodConfig, register
 
 
@@ -184,7 +178,7 @@ def masked_pool(features: Tensor, mask: Tensor) -> Tensor:
 
 
 @register
-class CLAWS(Pretext):
+class CLAWS(Wrapper):
     """CLAWS pretext; batch keys ``view1/view2`` ``(B, C, S, S)``, ``mask1/mask2`` ``(B, S, S)``
     (+ ``patches`` ``(B, P, 4)`` around a base with matched patches)."""
 
@@ -196,32 +190,17 @@ class CLAWS(Pretext):
     config_class = CLAWSConfig
     config: CLAWSConfig
     stateful = True
+    needs_views_for = "to mask its views"
 
     def __init__(self, config: CLAWSConfig, model: nn.Module) -> None:
-        super().__init__(config)
+        super().__init__(config, model, config.view_size)
         global_channels, _ = feature_channels(model)
-        self.base = self._build_base(config, model) if config.base is not None else None
         own = self.base is None or config.weight > 0  # the clustered contrast is computed
         self.head = mlp_head(global_channels, 256, 64) if own else None
         self.bank = EmbeddingBank(config.bank_size, global_channels)
         self.register_buffer("centroids", torch.zeros(config.clusters, global_channels))
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
         self._bands: dict[str, object] | None = None
-
-    @staticmethod
-    def _build_base(config: CLAWSConfig, model: nn.Module) -> Pretext:
-        """The wrapped pretext; ConfigError unless it uses GLCNet's two-view pipeline."""
-        if config.base == "claws":
-            raise ConfigError("method 'claws' cannot wrap itself", fix="base: glcnet")
-        params = dict(config.base_params)
-        if "view_size" in pretext_class(str(config.base)).config_class.model_fields:
-            params.setdefault("view_size", config.view_size)
-        base = get_pretext(str(config.base), model, **params)
-        if not isinstance(base.sampler(), TwoViewSampler | MatchedViewSampler):
-            raise ConfigError(f"method 'claws' cannot wrap {config.base!r}: it needs a base "
-                              "with GLCNet's two-view pipeline to mask its views",
-                              fix="base: glcnet, simclr, directclr or hcsc")
-        return base
 
     def check_data(self, available: Collection[str]) -> None:  # type: ignore[override]
         """As ``Pretext.check_data``, plus labels when the mask comes from labels (and the
@@ -238,8 +217,6 @@ class CLAWS(Pretext):
     def bind_data(self, info: DataInfo) -> None:
         """Find the red and NIR bands (``mask: ndvi``); ConfigError naming the bands there are."""
         super().bind_data(info)
-        if self.base is not None:
-            self.base.bind_data(info)
         if self.config.mask != "ndvi":
             return
         red = find_band(info.band_names, self.config.red_band, "red")
@@ -256,25 +233,16 @@ class CLAWS(Pretext):
                 raise ConfigError("method 'claws' with mask: ndvi needs the tiles' band names "
                                   "(bind_data was not called)", fix="or use mask: none")
             bands = self._bands
-        size, views, radiometry, patches = cfg.view_size, cfg.views, self.radiometry, {}
-        if self.base is not None:  # the base's view pipeline (and matched patches, if any)
-            base = self.base.sampler()
-            size, views, radiometry = base.size, base.views, base.radiometry
-            if isinstance(base, MatchedViewSampler):
-                patches = {"patch_size": base.patch_size, "patch_num": base.patch_num}
-        return MaskedViewSampler(size, views, cfg.mask, threshold=cfg.ndvi_threshold,
+        views = ({"size": cfg.view_size, "views": cfg.views, "radiometry": self.radiometry}
+                 if self.base is None else base_views(self.base.sampler()))
+        return MaskedViewSampler(mask=cfg.mask, threshold=cfg.ndvi_threshold,
                                  label_classes=cfg.label_classes, min_fraction=cfg.min_fraction,
-                                 radiometry=radiometry, **bands, **patches)
-
-    def embed(self, images: Tensor, model: nn.Module) -> dict[str, Tensor]:
-        return self.base.embed(images, model) if self.base is not None else super().embed(
-            images, model)
+                                 **views, **bands)
 
     @torch.no_grad()
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
         """k-means on the previous epoch's pooled vectors (from ``warmup_epochs`` on)."""
-        if self.base is not None:
-            self.base.on_epoch_start(epoch, model)
+        super().on_epoch_start(epoch, model)
         vectors = self.bank.recent()
         self.bank.reset_recent()
         k = self.config.clusters

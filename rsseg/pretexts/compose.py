@@ -2,7 +2,12 @@
 
 A pretext whose config has ``base`` and ``base_params`` *wraps* another one (``adversarial``: a
 PGD view; ``claws``: hard-attention masks) and is itself a pretext, so a combination is just a
-nested config (``{name: claws, params: {base: glcnet, base_params: {...}}}``).
+nested config (``{name: claws, params: {base: glcnet, base_params: {...}}}``). A wrapper
+subclasses :class:`Wrapper`, which builds the base (the wrapper's ``view_size`` passed on by
+:func:`with_view_size`), refuses a base without GLCNet's two-view pipeline (the pretexts with
+``view_pipeline``, or with a stateful forward where ``stateless_base``) naming the ones it can
+wrap, and passes data needs, data, epochs and embeddings on to it; :func:`base_views` gives
+the wrapper's sampler the base's view pipeline.
 ``compose_pretext(["glcnet", "claws"])`` builds that nesting from a list of names (``rsseg
 pretrain --method glcnet --method claws``); two complete objectives (e.g. ``glcnet`` and
 ``simclr``) do not combine, and a wrapper refuses a base it cannot wrap, with one-line errors.
@@ -10,11 +15,22 @@ pretrain --method glcnet --method claws``); two complete objectives (e.g. ``glcn
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
 
 from rsseg.errors import ConfigError
-from rsseg.pretexts.base import pretext_class, pretext_names
+from rsseg.pretexts.base import (
+    DataInfo,
+    Pretext,
+    Sampler,
+    get_pretext,
+    pretext_class,
+    pretext_names,
+)
+from rsseg.pretexts.views import MatchedViewSampler
+from rsseg.registry import MethodConfig
 
 
 def wraps(name: str) -> bool:
@@ -69,3 +85,89 @@ def pretext_label(name: str, params: Mapping[str, Any]) -> str:
     if not base:
         return name
     return f"{pretext_label(str(base), params.get('base_params') or {})}+{name}"
+
+
+def with_view_size(name: str, params: Mapping[str, Any], size: int | None) -> dict[str, Any]:
+    """``params`` of pretext ``name`` with ``view_size`` defaulting to ``size`` when its config
+    has that key (and ``size`` is given); ``ConfigError`` listing the pretexts if ``name`` is
+    none."""
+    params = dict(params)
+    if "view_size" in pretext_class(name).config_class.model_fields and size is not None:
+        params.setdefault("view_size", size)
+    return params
+
+
+def wrappable(stateless: bool = False) -> list[str]:
+    """The pretexts a wrapper can wrap: those with GLCNet's two-view pipeline (and a stateless
+    forward if ``stateless``), sorted."""
+    return [n for n in pretext_names() if pretext_class(n).view_pipeline
+            and not (stateless and pretext_class(n).stateful)]
+
+
+def base_views(sampler: Sampler) -> dict[str, Any]:
+    """The view pipeline of a base's sampler as keyword arguments for the wrapper's sampler:
+    ``size``, ``views``, ``radiometry`` and, with GLCNet's matched patches, ``patch_size`` and
+    ``patch_num``."""
+    recipe = {"size": sampler.size, "views": sampler.views,  # type: ignore[attr-defined]
+              "radiometry": sampler.radiometry}  # type: ignore[attr-defined]
+    if isinstance(sampler, MatchedViewSampler):
+        recipe.update(patch_size=sampler.patch_size, patch_num=sampler.patch_num)
+    return recipe
+
+
+class Wrapper(Pretext):
+    """A pretext around another one: its config's ``base`` (None: none), built from
+    ``base_params``, in ``self.base``.
+
+    Class attributes: ``stateless_base``, refuse a base whose forward updates state (a wrapper
+    that runs it several times per step); ``needs_views_for``, why the base must draw GLCNet's
+    two views (ends the error that refuses one that does not).
+    """
+
+    stateless_base: ClassVar[bool] = False
+    needs_views_for: ClassVar[str]
+
+    def __init__(self, config: MethodConfig, model: nn.Module, view_size: int | None) -> None:
+        super().__init__(config)
+        name = getattr(config, "base", None)
+        self.base: Pretext | None = None
+        if name is not None:
+            self.base = self._build_base(str(name), getattr(config, "base_params", {}), model,
+                                         view_size)
+
+    def _build_base(self, name: str, params: Mapping[str, Any], model: nn.Module,
+                    view_size: int | None) -> Pretext:
+        if name == self.name:
+            raise ConfigError(f"method {self.name!r} cannot wrap itself", fix="base: glcnet")
+        base = get_pretext(name, model, **with_view_size(name, params, view_size))
+        valid = wrappable(self.stateless_base)
+        fix = f"base: {', '.join(valid[:-1])} or {valid[-1]}" if len(valid) > 1 else \
+            f"base: {''.join(valid)}"
+        if self.stateless_base and base.stateful:
+            raise ConfigError(f"method {self.name!r} cannot wrap {name!r}: its forward updates "
+                              "a queue, bank or momentum encoder, and this method evaluates it "
+                              "several times per step", fix=fix)
+        if not base.view_pipeline:
+            raise ConfigError(f"method {self.name!r} cannot wrap {name!r}: it needs a base with "
+                              f"GLCNet's two-view pipeline {self.needs_views_for}", fix=fix)
+        return base
+
+    def check_data(self, available: Collection[str]) -> None:  # type: ignore[override]
+        """The wrapper's own data needs, then the base's."""
+        super().check_data(available)
+        if self.base is not None:
+            self.base.check_data(available)
+
+    def bind_data(self, info: DataInfo) -> None:
+        super().bind_data(info)
+        if self.base is not None:
+            self.base.bind_data(info)
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        if self.base is not None:
+            self.base.on_epoch_start(epoch, model)
+
+    def embed(self, images: Tensor, model: nn.Module) -> dict[str, Tensor]:
+        if self.base is not None:
+            return self.base.embed(images, model)
+        return super().embed(images, model)

@@ -75,6 +75,7 @@ class DirectCLR(Pretext):
     """DirectCLR; batch ``view1``/``view2`` ``(B, C, S, S)`` (+ ``patches`` ``(B, P, 4)``)."""
 
     name = "directclr"
+    view_pipeline = True  # claws and adversarial can wrap it
     description = ("InfoNCE on the first d0 dims of the pooled representation, no projector "
                    "(global and dense variants)")
     reference = ("Jing, Vincent, LeCun, Tian, Understanding Dimensional Collapse in "

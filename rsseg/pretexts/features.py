@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.decoders.deeplabv3.decoder import ASPP
 from torch import Tensor, nn
 
+from rsseg.models import parts
+
 LOCAL_MIN_CHANNELS = 64  # the local branch never reads a narrower decoder feature
 
 
@@ -42,7 +44,7 @@ def global_module(model: nn.Module) -> nn.Module:
         for module in decoder.modules():
             if isinstance(module, ASPP):
                 return module
-    encoder = getattr(model, "encoder", None)
+    encoder = parts.encoder(model)
     if encoder is None:
         raise TypeError(f"{type(model).__name__} is not a segmentation_models_pytorch model")
     return encoder
@@ -54,7 +56,7 @@ def local_module(model: nn.Module) -> nn.Module | None:
     None when the segmentation head reads ≥ ``LOCAL_MIN_CHANNELS`` channels; else the last block
     of ``decoder.blocks`` whose last convolution has that many (its output channels).
     """
-    head = getattr(model, "segmentation_head", None)
+    head = parts.smp_head(model)
     head_in = _conv_channels(head, first=True) if head is not None else None
     blocks = getattr(getattr(model, "decoder", None), "blocks", None)
     if head_in is None or head_in >= LOCAL_MIN_CHANNELS or blocks is None:
@@ -95,18 +97,10 @@ def feature_channels(model: nn.Module) -> tuple[int, int]:
 
     Eval mode and no gradient, so batch-norm statistics are untouched.
     """
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if conv is None:
+    channels = parts.in_channels(model)
+    if channels is None:
         raise TypeError(f"{type(model).__name__} has no Conv2d layer to read the band count from")
-    param = next(model.parameters())
-    probe = torch.zeros(1, conv.in_channels, 64, 64, dtype=param.dtype, device=param.device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            maps = extract_features(model, probe)
-    finally:
-        model.train(was_training)
+    maps = parts.probe(model, channels, lambda x: extract_features(model, x))
     return maps.global_.shape[1], maps.local.shape[1]
 
 

@@ -70,6 +70,7 @@ class GLCNet(Pretext):
     """GLCNet; batch keys ``view1``/``view2`` ``(B, C, S, S)``, ``patches`` ``(B, P, 4)``."""
 
     name = "glcnet"
+    view_pipeline = True  # claws and adversarial can wrap it
     description = "global style + local matching contrast on two views with pixel correspondence"
     reference = (
         "Li et al., Global and Local Contrastive Self-Supervised Learning for Semantic "

@@ -88,6 +88,7 @@ class HCSC(Pretext):
     """HCSC pretext; batch keys ``view1``/``view2`` ``(B, C, S, S)``."""
 
     name = "hcsc"
+    view_pipeline = True  # claws and adversarial can wrap it
     description = ("momentum encoder + queue, hierarchical k-means prototypes re-clustered each "
                    "epoch, instance and prototype selective coding")
     reference = ("Guo et al., HCSC: Hierarchical Contrastive Selective Coding, CVPR 2022 "

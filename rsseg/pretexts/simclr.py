@@ -35,6 +35,7 @@ class SimCLR(Pretext):
     """SimCLR pretext; batch keys ``view1``/``view2`` ``(B, C, S, S)``."""
 
     name = "simclr"
+    view_pipeline = True  # claws and adversarial can wrap it
     description = "instance contrast of pooled global features of two views (control baseline)"
     reference = (
         "Chen et al., A Simple Framework for Contrastive Learning of Visual Representations, "

@@ -30,11 +30,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from rsseg.errors import ConfigError
+from rsseg.models import parts
 from rsseg.registry import MethodConfig, check_needs, method_class, method_names, parse_config
 
 TAPS = frozenset({"decoder", "bottleneck"})
@@ -172,24 +172,14 @@ def get_regularizer(name: str, model: nn.Module, info: SegInfo, **cfg: object) -
 def _tap(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     """``(module, where)``: the module to hook for tap ``name`` and whether its input, output or
     last output (a list of encoder stages) is the map."""
-    if name == "decoder":
-        tap = getattr(model, "decoder_tap", None)  # MultiDomainModel
-        if isinstance(tap, nn.Module):
-            return tap, "output"
-        head = getattr(model, "segmentation_head", None)
-        if isinstance(head, nn.Module):
-            return head, "input"
-        net = getattr(model, "net", None)  # the "pixel" architecture
-        if isinstance(net, nn.Sequential):
-            return net[-1], "input"
-    elif name == "bottleneck":
-        encoder = getattr(model, "encoder", None)
-        if isinstance(encoder, nn.Module):
-            return encoder, "last"
-    else:
+    if name not in TAPS:
         raise ValueError(f"unknown feature tap {name!r}; valid: {sorted(TAPS)}")
-    raise ConfigError(f"{type(model).__name__} has no {name} features to regularize",
-                      "use an encoder-decoder architecture such as unet or deeplabv3plus")
+    found = parts.decoder_features(model) if name == "decoder" else (
+        (enc, "last") if (enc := parts.encoder(model)) is not None else None)
+    if found is None:
+        raise ConfigError(f"{type(model).__name__} has no {name} features to regularize",
+                          "use an encoder-decoder architecture such as unet or deeplabv3plus")
+    return found
 
 
 @contextmanager
@@ -223,18 +213,13 @@ def tap_channels(model: nn.Module, name: str, in_channels: int | None = None) ->
     """
     _tap(model, name)  # ConfigError before any work when the model lacks the tap
     if in_channels is None:
-        first = getattr(model, "encoder", model)
-        conv = next((m for m in first.modules() if isinstance(m, nn.Conv2d)), None)
-        if conv is None:
-            raise ConfigError(f"{type(model).__name__} has no convolution to probe")
-        in_channels = conv.in_channels
-    param = next(model.parameters())
-    probe = torch.zeros(1, in_channels, 64, 64, dtype=param.dtype, device=param.device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), capture(model, [name]) as found:
-            model(probe)
-    finally:
-        model.train(was_training)
-    return int(found[name].shape[1])
+        in_channels = parts.in_channels(model)
+    if in_channels is None:
+        raise ConfigError(f"{type(model).__name__} has no convolution to probe")
+
+    def channels(x: Tensor) -> int:
+        with capture(model, [name]) as found:
+            model(x)
+        return int(found[name].shape[1])
+
+    return parts.probe(model, in_channels, channels)

@@ -43,6 +43,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from rsseg.errors import ConfigError, InputError
+from rsseg.models import parts
 from rsseg.models.bundle import read_meta
 from rsseg.models.factory import ModelSpec, build_model
 from rsseg.registry import register
@@ -153,8 +154,8 @@ class MultiDomainModel(nn.Module):
         super().__init__()
         if len(models) < 2:
             raise ValueError("a multi-domain model needs at least two domains")
-        heads = [getattr(m, "segmentation_head", None) for m in models]
-        if any(not isinstance(h, nn.Module) for h in heads) or not hasattr(models[0], "encoder"):
+        heads = [parts.smp_head(m) for m in models]
+        if any(h is None for h in heads) or parts.encoder(models[0]) is None:
             raise ConfigError(f"multidomain needs an encoder-decoder architecture; "
                               f"{type(models[0]).__name__} has no segmentation head",
                               "use e.g. model.arch=unet")

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from rsseg.config import OptimConfig, SupervisedLoss
+from rsseg.models import parts
 from rsseg.regularizers.base import Regularizer, SegPart, SegStep, Stage, capture
 from rsseg.training.engine import optimizer_and_schedule, schedule_clock
 
@@ -236,7 +237,7 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         params = [p for name, p in self.named_parameters() if not name.startswith("ema_model.")]
-        encoder = set(map(id, _encoder_parameters(self.model)))
+        encoder = set(map(id, parts.encoder_parameters(self.model)))
         if self.encoder_lr_scale == 1 or not encoder:
             return optimizer_and_schedule(params, self.optim, self.epochs, schedule_clock(self))
         groups = [{"params": [p for p in params if id(p) in encoder],
@@ -249,13 +250,13 @@ class SegmentationModule(L.LightningModule):
         batch-norm statistics (eval mode), as in a second, classifier-only stage."""
         if not freeze and not getattr(self, "_frozen", False):
             return
-        head = set(map(id, _head_parameters(self.model)))
+        head = {id(p) for m in parts.head_modules(self.model) for p in m.parameters()}
         for param in self.model.parameters():
             param.requires_grad_(not freeze or id(param) in head)
         self._frozen = freeze
         if freeze:
             self.model.eval()
-            for module in _head_modules(self.model):
+            for module in parts.head_modules(self.model):
                 module.train()
 
 
@@ -264,27 +265,3 @@ def _domain_batches(batch: Sequence) -> list[tuple[int, tuple[Tensor, Tensor]]]:
     if isinstance(batch[0], Tensor):
         return [(0, (batch[0], batch[1]))]
     return [(d, (x, y)) for d, (x, y) in enumerate(batch)]
-
-
-def _encoder_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters of the smp ``encoder`` (of every domain's model when several)."""
-    found = [m.encoder for m in model.modules() if isinstance(getattr(m, "encoder", None),
-                                                                nn.Module)]
-    return [p for enc in found for p in enc.parameters()]
-
-
-def _head_modules(model: nn.Module) -> list[nn.Module]:
-    """The segmentation head(s): smp ``segmentation_head``, multi-domain ``heads``, or the last
-    1×1 convolution of the ``pixel`` architecture."""
-    for attr in ("heads", "segmentation_head"):
-        module = getattr(model, attr, None)
-        if isinstance(module, nn.Module):
-            return [module]
-    net = getattr(model, "net", None)
-    if isinstance(net, nn.Sequential):
-        return [net[-1]]
-    raise TypeError(f"{type(model).__name__}: no segmentation head found")
-
-
-def _head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for m in _head_modules(model) for p in m.parameters()]
