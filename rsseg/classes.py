@@ -12,12 +12,12 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from xml.etree import ElementTree
 
 import numpy as np
 import yaml
 
 from rsseg.errors import InputError
+from rsseg.io.pam import read_category_names
 from rsseg.io.raster import Scene
 
 IGNORE = 255  # label value of unlabelled pixels; class ids run from 0 to 254
@@ -174,7 +174,7 @@ def raster_classes(scene: Scene) -> ClassTable | None:
     writes) or else from GDAL category names in the ``.aux.xml`` sidecar (QGIS/GDAL); colours from
     the band's colour table where it has one.
     """
-    tag = scene.src.tags().get("CLASSES")
+    tag = scene.tag("CLASSES")
     table = None
     if tag:
         try:
@@ -182,26 +182,13 @@ def raster_classes(scene: Scene) -> ClassTable | None:
         except (json.JSONDecodeError, InputError):
             table = None
     if table is None:
-        names = _category_names(Path(f"{scene.info.path}.aux.xml"))
+        names = {i: name for i, name in read_category_names(scene.info.path).items()
+                 if i <= MAX_ID}
         table = ClassTable.from_ids(names, names) if names else None
     if table is None:
         return None
-    try:
-        cmap = scene.src.colormap(1)
-    except ValueError:  # no colour table
+    cmap = scene.colormap(1)
+    if cmap is None:
         return table
     return ClassTable(tuple(ClassInfo(c.id, c.name, tuple(cmap[c.id][:3]) if c.id in cmap
                                       else c.color) for c in table.classes))
-
-
-def _category_names(aux_xml: Path) -> dict[int, str]:
-    if not aux_xml.is_file():
-        return {}
-    try:
-        root = ElementTree.parse(aux_xml).getroot()
-    except ElementTree.ParseError:
-        return {}
-    band = root.find("PAMRasterBand[@band='1']")
-    cats = band.findall("CategoryNames/Category") if band is not None else []
-    return {i: (c.text or "").strip() for i, c in enumerate(cats)
-            if (c.text or "").strip() and i <= MAX_ID}

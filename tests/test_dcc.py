@@ -13,15 +13,19 @@ import torch.nn.functional as F
 
 from rsseg.models.bundle import read_meta
 from rsseg.pipelines import condense as condense_module
-from rsseg.pipelines.condense import (
-    _gradient,
-    _matching_loss,
-    _mean_real_gradient,
-    _real_gradient,
-    _train_net,
+from rsseg.regularizers import dcc
+from rsseg.regularizers.dcc import (
+    ConvNet,
+    DCCConfig,
+    gradient,
+    gradient_distance,
     masked_ce,
+    matched_parameters,
+    matching_loss,
+    mean_real_gradient,
+    real_gradient,
+    train_net,
 )
-from rsseg.regularizers.dcc import ConvNet, DCCConfig, gradient_distance, matched_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,7 +86,7 @@ def test_joint_matching_is_all_synthetic_classes_vs_mean_real_gradient() -> None
     net, real, present, syn, syn_labels, owner, cfg = tiny_problem()
     params = matched_parameters(net)
     gen = torch.Generator().manual_seed(0)
-    loss = _matching_loss(net, params, syn, syn_labels, owner, real, present, cfg, True, gen)
+    loss = matching_loss(net, params, syn, syn_labels, owner, real, present, cfg, True, gen)
     # naive: per-class real gradients of the CE over that class's pixels, averaged
     grads = []
     for c in present:
@@ -100,7 +104,7 @@ def test_joint_matching_is_all_synthetic_classes_vs_mean_real_gradient() -> None
 def test_classwise_matching_sums_per_class_distances() -> None:
     net, real, present, syn, syn_labels, owner, cfg = tiny_problem()
     params = matched_parameters(net)
-    loss = _matching_loss(net, params, syn, syn_labels, owner, real, present, cfg, False,
+    loss = matching_loss(net, params, syn, syn_labels, owner, real, present, cfg, False,
                           torch.Generator().manual_seed(0))
     expected = 0.0
     for c in present:
@@ -118,7 +122,7 @@ def test_matching_steps_lower_the_distance_on_a_fixed_network() -> None:
     optimizer = torch.optim.SGD([syn], lr=1.0, momentum=0.5)
     losses = []
     for _ in range(15):
-        loss = _matching_loss(net, params, syn, syn_labels, owner, real, present, cfg, True,
+        loss = matching_loss(net, params, syn, syn_labels, owner, real, present, cfg, True,
                               torch.Generator().manual_seed(0))
         optimizer.zero_grad()
         loss.backward()
@@ -144,13 +148,13 @@ def labelled(geotiff_factory) -> tuple[Path, Path]:
 def test_warm_up_then_joint_matching(labelled: tuple[Path, Path], tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = condense_module._matching_loss
+    real = dcc.matching_loss
 
     def spy(*args, **kwargs):
         calls.append(args[8])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(condense_module, "_matching_loss", spy)
+    monkeypatch.setattr(dcc, "matching_loss", spy)
     scene, labels = labelled
     cfg = DCCConfig.model_validate({"per_class": 1, "size": 16, "iterations": 2,
                                     "inner_loop": 3, "net_steps": 1, "outer_warmup": 1,
@@ -232,9 +236,9 @@ def test_mean_real_gradient_is_the_mean_of_per_class_gradients() -> None:
     expected = [torch.zeros_like(p) for p in params]
     gen = torch.Generator().manual_seed(3)
     for c in present:
-        for e, g in zip(expected, _real_gradient(net, params, real, c, cfg, gen), strict=True):
+        for e, g in zip(expected, real_gradient(net, params, real, c, cfg, gen), strict=True):
             e += g / len(present)
-    got = _mean_real_gradient(net, params, real, present, cfg, torch.Generator().manual_seed(3))
+    got = mean_real_gradient(net, params, real, present, cfg, torch.Generator().manual_seed(3))
     for e, g in zip(expected, got, strict=True):
         assert torch.allclose(g, e, rtol=1e-4, atol=1e-7)
     assert all(not g.requires_grad for g in got)
@@ -251,18 +255,18 @@ def test_condense_records_its_time(labelled: tuple[Path, Path], tmp_path: Path) 
 
 
 def test_chunked_gradients_equal_the_whole_batch_gradient() -> None:
-    """:func:`_gradient` and :func:`_train_net` take ``CHUNK`` tiles per pass: the same
+    """:func:`gradient` and :func:`train_net` take ``CHUNK`` tiles per pass: the same
     gradients (and their gradients w.r.t. the tiles) as one pass over the whole batch."""
     torch.manual_seed(0)
-    n = condense_module.CHUNK * 2 + 3  # two full chunks and a remainder
+    n = dcc.CHUNK * 2 + 3  # two full chunks and a remainder
     net = ConvNet(3, 3, width=6, depth=2)
     params = matched_parameters(net)
     x = torch.randn(n, 3, 8, 8, requires_grad=True)
     y = torch.where(torch.rand(n, 8, 8) < 0.3, torch.randint(0, 3, (n, 8, 8)), 255)
-    y[:condense_module.CHUNK] = 255  # a chunk without a labelled pixel
+    y[:dcc.CHUNK] = 255  # a chunk without a labelled pixel
     for c in (None, 1):
         whole = torch.autograd.grad(masked_ce(net(x), y, c), params, create_graph=True)
-        chunked = _gradient(net, params, x, y, c, create_graph=True)
+        chunked = gradient(net, params, x, y, c, create_graph=True)
         for a, b in zip(whole, chunked, strict=True):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
         # the matching's second-order path: d(distance)/d(tiles)
@@ -270,14 +274,14 @@ def test_chunked_gradients_equal_the_whole_batch_gradient() -> None:
         ga, = torch.autograd.grad(gradient_distance(whole, target), x)
         gb, = torch.autograd.grad(gradient_distance(chunked, target), x)
         assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-7)
-    nothing = _gradient(net, params, x, torch.full_like(y, 255), None)  # no labelled pixel
+    nothing = gradient(net, params, x, torch.full_like(y, 255), None)  # no labelled pixel
     assert all(not g.any() for g in nothing)
     # one network step on the whole batch, accumulated over chunks
     reference = ConvNet(3, 3, width=6, depth=2)
     reference.load_state_dict(net.state_dict())
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
-    _train_net(net, opt, x.detach(), y, 1, n, torch.Generator().manual_seed(0))
+    train_net(net, opt, x.detach(), y, 1, n, torch.Generator().manual_seed(0))
     ref_opt.zero_grad()
     masked_ce(reference(x.detach()), y).backward()
     ref_opt.step()

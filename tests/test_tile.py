@@ -18,9 +18,9 @@ from rasterio.windows import Window
 
 from rsseg.errors import InputError, Stopped
 from rsseg.io import raster
+from rsseg.io.stats import RunningStats
 from rsseg.io.tileset import load_tileset
 from rsseg.pipelines.tile import TileOptions, tile_scenes
-from rsseg.tiling.stats import RunningStats
 
 
 def _scene(dtype: str, shape: tuple[int, int, int] = (3, 45, 37), seed: int = 0) -> np.ndarray:

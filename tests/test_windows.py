@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rsseg.tiling.windows import align_stop, grid_offsets, grid_windows, random_windows
+from rsseg.io.raster import align_stop
+from rsseg.tiling.windows import grid_offsets, grid_windows, random_windows
 
 lengths = st.integers(1, 90)
 sizes = st.integers(1, 40)

@@ -24,9 +24,9 @@ from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
 from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
 from rasterio.windows import Window
 
-from rsseg.classes import ClassTable
 from rsseg.errors import InputError
 from rsseg.io.extent import covering_grid
+from rsseg.io.legend import Legend
 from rsseg.io.raster import SceneInfo
 from rsseg.io.writer import class_raster_writer
 
@@ -64,7 +64,7 @@ def parse_crs(text: str) -> CRS:
                          "give e.g. --crs EPSG:32618") from None
 
 
-def write_mosaic(rasters: Sequence[Path], out: Path, classes: ClassTable, nodata: int = 255,
+def write_mosaic(rasters: Sequence[Path], out: Path, classes: Legend, nodata: int = 255,
                  crs: CRS | None = None, overwrite: bool = False) -> SceneInfo:
     """Assemble the class ``rasters`` into the class COG ``out`` (see the module docstring) in
     ``crs`` (default: the first raster's); returns its grid."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from rsseg.classes import ClassTable
+from rsseg.io.legend import Legend
 from rsseg.io.publish import Publication, publishing
 
 # GDALRATFieldType and GDALRATFieldUsage values (gdal.h)
@@ -29,7 +29,22 @@ def aux_xml_path(raster: str | Path) -> Path:
     return raster.with_name(raster.name + ".aux.xml")
 
 
-def category_aux_xml(classes: ClassTable, band: int = 1) -> str:
+def read_category_names(raster: str | Path, band: int = 1) -> dict[int, str]:
+    """The category names of ``band`` in ``raster``'s sidecar, ``{value: name}`` without the
+    empty ones; ``{}`` without a sidecar or with an unreadable one."""
+    aux_xml = aux_xml_path(raster)
+    if not aux_xml.is_file():
+        return {}
+    try:
+        root = ET.parse(aux_xml).getroot()
+    except ET.ParseError:
+        return {}
+    found = root.find(f"PAMRasterBand[@band='{band}']")
+    cats = found.findall("CategoryNames/Category") if found is not None else []
+    return {i: (c.text or "").strip() for i, c in enumerate(cats) if (c.text or "").strip()}
+
+
+def category_aux_xml(classes: Legend, band: int = 1) -> str:
     """PAM XML with the classes as category names (indexed by value) and a thematic RAT."""
     root = ET.Element("PAMDataset")
     pam_band = ET.SubElement(root, "PAMRasterBand", band=str(band))
@@ -51,7 +66,7 @@ def category_aux_xml(classes: ClassTable, band: int = 1) -> str:
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def write_category_aux_xml(raster: str | Path, classes: ClassTable, overwrite: bool = False,
+def write_category_aux_xml(raster: str | Path, classes: Legend, overwrite: bool = False,
                            publication: Publication | None = None) -> Path:
     """Write ``raster``'s PAM sidecar with its class names (atomically); returns its path."""
     path = aux_xml_path(raster)

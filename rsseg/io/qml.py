@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from rsseg.classes import ClassTable
+from rsseg.io.legend import Legend
 from rsseg.io.publish import Publication, publishing
 
 QGIS_VERSION = "3.22.0"  # oldest QGIS the style is written for; newer versions read it as well
@@ -22,7 +22,7 @@ def qml_path(raster: str | Path) -> Path:
     return Path(raster).with_suffix(".qml")
 
 
-def paletted_qml(classes: ClassTable, nodata: int | None = 255, band: int = 1) -> str:
+def paletted_qml(classes: Legend, nodata: int | None = 255, band: int = 1) -> str:
     """The ``.qml`` text: paletted renderer, one entry per class, ``nodata`` fully transparent."""
     root = ET.Element("qgis", version=QGIS_VERSION, styleCategories="AllStyleCategories")
     pipe = ET.SubElement(root, "pipe")
@@ -54,7 +54,7 @@ def paletted_qml(classes: ClassTable, nodata: int | None = 255, band: int = 1) -
             + ET.tostring(root, encoding="unicode") + "\n")
 
 
-def write_qml(raster: str | Path, classes: ClassTable, nodata: int | None = 255,
+def write_qml(raster: str | Path, classes: Legend, nodata: int | None = 255,
               overwrite: bool = False, publication: Publication | None = None) -> Path:
     """Write the style of class raster ``raster`` beside it (atomically); returns its path.
 

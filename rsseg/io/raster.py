@@ -6,6 +6,7 @@ profile dicts. Arrays are band-first: ``(C, H, W)``.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from rasterio.windows import transform as window_transform
 
 from rsseg.errors import InputError
 from rsseg.io.gdal_errors import gdal_write_errors
-from rsseg.tiling.windows import align_stop
+from rsseg.io.legend import Legend
 
 # Reads are extended to block boundaries only for blocks up to this many rows; taller blocks
 # (e.g. one strip per image) would hold too much in memory and are left to GDAL's block cache.
@@ -97,6 +98,17 @@ class Scene:
             detail = _first_line(err.__cause__ or err)
             raise InputError(f"{self.info.path}: cannot read {rows} ({detail})",
                              "the file is truncated or corrupt; re-export it") from None
+
+    def tag(self, name: str) -> str | None:
+        """The dataset metadata item ``name`` (default domain), None without one."""
+        return self.src.tags().get(name)
+
+    def colormap(self, band: int = 1) -> dict[int, tuple[int, ...]] | None:
+        """The colour table of ``band`` (``{value: (r, g, b, a)}``), None without one."""
+        try:
+            return self.src.colormap(band)
+        except ValueError:  # no colour table
+            return None
 
     def valid_mask(self, pixels: np.ndarray) -> np.ndarray:
         """``(H, W)`` bool, True where a pixel holds data in at least one band.
@@ -189,6 +201,17 @@ class RowBandReader:
             self._rows = np.concatenate([self._rows, fresh], axis=1)
 
 
+def align_stop(stop: int, block_rows: int, limit: int) -> int:
+    """Round a row ``stop`` up to the next multiple of ``block_rows``, capped at ``limit``.
+
+    Reading rows up to a block boundary means the next read starts on a fresh block, so no
+    internal block is decoded twice.
+    """
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    return min(-(-stop // block_rows) * block_rows, limit)
+
+
 @contextmanager
 def bounded_block_cache(megabytes: int = 64) -> Iterator[None]:
     """Cap GDAL's block cache (default: 5% of RAM) while each block is read once anyway.
@@ -224,6 +247,29 @@ def write_tile(path: Path, pixels: np.ndarray, scene: Scene, window: Window) -> 
                 dst.set_band_description(i, name)
             dst.update_tags(source=str(info.path), col_off=int(window.col_off),
                             row_off=int(window.row_off))
+
+
+def write_plain_tile(path: Path, pixels: np.ndarray, *, band_names: Sequence[str] = (),
+                     nodata: float | None = None, predictor: int | None = None,
+                     legend: Legend | None = None) -> None:
+    """Write ``pixels`` ``(C, h, w)`` as a deflate GeoTIFF without georeferencing (a synthetic
+    tile): its dtype, band descriptions ``band_names``, ``nodata`` and ``predictor`` if given,
+    and with a ``legend`` (a class raster) band 1's colour table and the ``CLASSES`` tag."""
+    profile: dict = {"driver": "GTiff", "width": pixels.shape[2], "height": pixels.shape[1],
+                     "compress": "deflate", "count": pixels.shape[0], "dtype": pixels.dtype.name}
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if predictor is not None:
+        profile["predictor"] = predictor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(pixels)
+            for band, name in enumerate(band_names, start=1):
+                dst.set_band_description(band, name)
+            if legend is not None:
+                dst.write_colormap(1, legend.colormap())
+                dst.update_tags(CLASSES=json.dumps(legend.to_records()))
 
 
 def _parse_bands(bands: Sequence[int] | None, count: int, path: Path) -> tuple[int, ...]:

@@ -36,7 +36,7 @@ from rasterio.windows import Window
 
 from rsseg.errors import InputError
 from rsseg.io.raster import SceneInfo, open_scene
-from rsseg.tiling.stats import RunningStats
+from rsseg.io.stats import RunningStats
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.csv"

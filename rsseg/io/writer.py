@@ -29,8 +29,8 @@ import rasterio.shutil
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from rsseg.classes import ClassTable
 from rsseg.io.gdal_errors import gdal_write_errors
+from rsseg.io.legend import Legend
 from rsseg.io.locks import part_prefix
 from rsseg.io.pam import aux_xml_path, write_category_aux_xml
 from rsseg.io.publish import Publication, publishing
@@ -103,7 +103,7 @@ ClassRasterWriter = RowWriter  # the class raster is the one-band case
 
 
 @contextmanager
-def class_raster_writer(path: str | Path, info: SceneInfo, classes: ClassTable,
+def class_raster_writer(path: str | Path, info: SceneInfo, classes: Legend,
                         nodata: int = 255, overwrite: bool = False,
                         publication: Publication | None = None,
                         sidecars: bool = True) -> Iterator[RowWriter]:

@@ -23,16 +23,11 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
 import torch
-import torch.nn.functional as F
 import yaml
-from rasterio.errors import NotGeoreferencedWarning
 from torch import Tensor
 
 from rsseg.classes import IGNORE, ClassTable, read_classes
@@ -42,6 +37,7 @@ from rsseg.inference.device import resolve_device
 from rsseg.io.atomic import atomic_dir, check_output
 from rsseg.io.gdal_errors import gdal_write_errors
 from rsseg.io.owned import CONDENSED, check_replaceable
+from rsseg.io.raster import write_plain_tile
 from rsseg.models.bundle import BandNorm
 from rsseg.pipelines.finetune import (
     FOLDER_BANDS,
@@ -52,24 +48,8 @@ from rsseg.pipelines.finetune import (
     scene_sources,
     tile_sources,
 )
-from rsseg.regularizers.dcc import ConvNet, DCCConfig, gradient_distance, matched_parameters
+from rsseg.regularizers.dcc import DCCConfig, Progress, RealPool, initial_set, learn
 from rsseg.training.data import LabelledCrops
-
-Progress = Callable[[int, int, float], None]
-"""Called as ``progress(iteration, iterations, mean matching loss)`` after each iteration."""
-
-
-@dataclass
-class RealPool:
-    """Real crops per class index, normalised: ``x[c]`` ``(n_c, C, S, S)``, ``y[c]`` ``(n_c, S,
-    S)`` int64 class indexes (255 unlabelled)."""
-
-    x: dict[int, Tensor]
-    y: dict[int, Tensor]
-
-    def batch(self, c: int, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        order = torch.randperm(len(self.x[c]), generator=gen)[:n]
-        return self.x[c][order], self.y[c][order]
 
 
 def real_pool(sources: LabelSources, norms: list[BandNorm], size: int, per_class: int,
@@ -94,15 +74,6 @@ def real_pool(sources: LabelSources, norms: list[BandNorm], size: int, per_class
         xs[c] = torch.stack([x for x, _ in items])
         ys[c] = torch.stack([y for _, y in items])
     return RealPool(xs, ys)
-
-
-def masked_ce(logits: Tensor, labels: Tensor, c: int | None = None) -> Tensor:
-    """Mean cross-entropy over the pixels labelled ``c`` (all labelled pixels if None)."""
-    target = labels if c is None else torch.where(labels == c, labels, IGNORE)
-    count = (target != IGNORE).sum()
-    if not bool(count):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum") / count
 
 
 def condense(out: str | Path, config: DCCConfig, *, scenes: list[Path] | None = None,
@@ -149,155 +120,18 @@ def condense(out: str | Path, config: DCCConfig, *, scenes: list[Path] | None = 
         start = time.perf_counter()
         torch.manual_seed(config.seed)
         if random_subset:
-            images, label_maps, present = _initial(pool, config,
+            images, label_maps, present = initial_set(pool, config,
                                                    torch.Generator().manual_seed(config.seed),
                                                    real_labels=True)
             history: list[float] = []
         else:
-            images, label_maps, present, history = _learn(pool, len(norms),
+            images, label_maps, present, history = learn(pool, len(norms),
                                                           len(sources.classes), config, device,
                                                           progress)
         with gdal_write_errors(out):  # a full disk: one line, and the folder does not appear
             _write(tmp, images, label_maps, present, sources.classes, norms, config, history,
                    "random-subset" if random_subset else "dcc", time.perf_counter() - start)
     return out
-
-
-def _initial(pool: RealPool, cfg: DCCConfig, gen: torch.Generator, real_labels: bool
-             ) -> tuple[Tensor, Tensor, list[int]]:
-    """``per_class`` real crops per class (repeated when a class has fewer), their label maps
-    (real, or uniform: every pixel the tile's class) and the classes present."""
-    present = sorted(pool.x)
-    n = cfg.per_class
-    images, maps = [], []
-    for c in present:
-        x, y = pool.batch(c, n, gen)
-        reps = -(-n // len(x))
-        x, y = x.repeat(reps, 1, 1, 1)[:n], y.repeat(reps, 1, 1)[:n]
-        images.append(x)
-        maps.append(y if real_labels else torch.full_like(y, c))
-    return torch.cat(images), torch.cat(maps), present
-
-
-def _learn(pool: RealPool, channels: int, num_classes: int, cfg: DCCConfig,
-           device: torch.device, progress: Progress | None
-           ) -> tuple[Tensor, Tensor, list[int], list[float]]:
-    """The DCC loop (see :mod:`rsseg.regularizers.dcc`): synthetic tiles, label maps, the
-    classes present (tile ``i`` belongs to ``present[i // per_class]``), loss history."""
-    gen = torch.Generator().manual_seed(cfg.seed)
-    n = cfg.per_class
-    images, maps, present = _initial(pool, cfg, gen, real_labels=cfg.labels == "real")
-    if cfg.init == "noise":
-        images = torch.randn_like(images)
-    syn = images.to(device).requires_grad_(True)
-    syn_labels = maps.to(device)
-    owner = torch.repeat_interleave(torch.tensor(present), n).to(device)  # class of each tile
-    real = {c: (pool.x[c].to(device), pool.y[c].to(device)) for c in present}
-    optimizer = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=0.5)
-    inner_loop, net_steps = cfg.loops()
-    history = []
-    for outer in range(cfg.iterations):
-        net = ConvNet(channels, num_classes, cfg.net_width, cfg.net_depth).to(device)
-        net.train()
-        params = matched_parameters(net)
-        net_optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr_net)
-        total = 0.0
-        for inner in range(inner_loop):
-            joint = cfg.contrast and (outer >= cfg.outer_warmup or inner >= cfg.inner_warmup)
-            loss = _matching_loss(net, params, syn, syn_labels, owner, real, present, cfg,
-                                  joint, gen)
-            # Only the tiles' gradient: loss.backward() would also fill the network's .grad
-            # (second-order terms for every parameter) that the next network step discards.
-            (syn.grad,) = torch.autograd.grad(loss, syn)
-            optimizer.step()
-            total += loss.item()
-            if inner == inner_loop - 1:
-                break
-            _train_net(net, net_optimizer, syn.detach(), syn_labels, net_steps,
-                       cfg.batch_train, gen)
-        history.append(total / inner_loop)
-        if progress:
-            progress(outer + 1, cfg.iterations, history[-1])
-    return syn.detach().cpu(), syn_labels.cpu(), present, history
-
-
-CHUNK = 16
-"""Tiles per forward pass when a gradient is taken over more tiles: the network treats every
-tile on its own (instance norm, no batch statistics), so the gradient of a loss summed over
-tiles is the sum of the gradients of its chunks. Chunks keep the activations (16 tiles of
-64 px × 32 channels: 8 MB) in cache; whole batches of 64-112 tiles measured ~2× slower per
-tile on the 2-core CPU, most of all through the matching's double backward."""
-
-
-def _gradient(net: torch.nn.Module, params: list, x: Tensor, labels: Tensor, c: int | None,
-              create_graph: bool = False) -> tuple[Tensor, ...]:
-    """``∇ masked_ce(net(x), labels, c)`` w.r.t. ``params``, :data:`CHUNK` tiles at a time."""
-    target = labels if c is None else torch.where(labels == c, labels, IGNORE)
-    count = int((target != IGNORE).sum())
-    if not count:  # no pixel of the class: the zero gradient, still part of the graph
-        return torch.autograd.grad(masked_ce(net(x), labels, c), params,
-                                   create_graph=create_graph)
-    grads: tuple[Tensor, ...] = ()
-    for start in range(0, len(x), CHUNK):
-        part = F.cross_entropy(net(x[start:start + CHUNK]), target[start:start + CHUNK],
-                               ignore_index=IGNORE, reduction="sum") / count
-        g = torch.autograd.grad(part, params, create_graph=create_graph)
-        grads = tuple(a + b for a, b in zip(grads, g, strict=True)) if grads else g
-    return grads
-
-
-def _real_gradient(net: torch.nn.Module, params: list, real: dict, c: int, cfg: DCCConfig,
-                   gen: torch.Generator) -> tuple[Tensor, ...]:
-    """``∇L_c(real_c)``: the CE over the class-``c`` pixels of ``batch_real`` random crops of
-    class ``c``."""
-    x, y = real[c]
-    order = torch.randperm(len(x), generator=gen)[:cfg.batch_real].to(x.device)
-    return tuple(g.detach() for g in _gradient(net, params, x[order], y[order], c))
-
-
-def _mean_real_gradient(net: torch.nn.Module, params: list, real: dict, present: list[int],
-                        cfg: DCCConfig, gen: torch.Generator) -> tuple[Tensor, ...]:
-    """``(1/K)·Σ_c ∇L_c(real_c)``, class by class (a class's batch is one pass; one pass over
-    every class's batch measured slower, see :data:`CHUNK`)."""
-    total: tuple[Tensor, ...] = ()
-    for c in present:
-        g = _real_gradient(net, params, real, c, cfg, gen)
-        total = tuple(a + b for a, b in zip(total, g, strict=True)) if total else g
-    return tuple(g / len(present) for g in total)
-
-
-def _matching_loss(net: torch.nn.Module, params: list, syn: Tensor, syn_labels: Tensor,
-                   owner: Tensor, real: dict, present: list[int], cfg: DCCConfig, joint: bool,
-                   gen: torch.Generator) -> Tensor:
-    """DCC's joint matching (``joint``) or DC's class-wise matching, one synthetic update."""
-    if joint:
-        mean_real = _mean_real_gradient(net, params, real, present, cfg, gen)
-        gw_syn = _gradient(net, params, syn, syn_labels, None, create_graph=True)
-        return gradient_distance(gw_syn, mean_real)
-    loss = syn.new_zeros(())
-    for c in present:
-        gw_real = _real_gradient(net, params, real, c, cfg, gen)
-        mine = owner == c if cfg.labels == "uniform" else torch.ones_like(owner, dtype=bool)
-        gw_syn = _gradient(net, params, syn[mine], syn_labels[mine], c, create_graph=True)
-        loss = loss + gradient_distance(gw_syn, gw_real)
-    return loss
-
-
-def _train_net(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-               steps: int, batch: int, gen: torch.Generator) -> None:
-    """``steps`` epochs of SGD on the synthetic set (DC's inner network update); a batch's
-    gradient accumulates over chunks of :data:`CHUNK` tiles (the same gradient)."""
-    for _ in range(steps):
-        order = torch.randperm(len(x), generator=gen).to(x.device)
-        for start in range(0, len(x), batch):
-            chosen = order[start:start + batch]
-            xb, yb = x[chosen], y[chosen]
-            optimizer.zero_grad()
-            count = int((yb != IGNORE).sum())
-            for first in range(0, len(xb) if count else 0, CHUNK):
-                (F.cross_entropy(net(xb[first:first + CHUNK]), yb[first:first + CHUNK],
-                                 ignore_index=IGNORE, reduction="sum") / count).backward()
-            optimizer.step()
 
 
 def _write(folder: Path, images: Tensor, label_maps: Tensor, present: list[int],
@@ -310,25 +144,13 @@ def _write(folder: Path, images: Tensor, label_maps: Tensor, present: list[int],
     ids = np.array(classes.ids, dtype=np.uint8)
     lut = np.full(256, IGNORE, dtype=np.uint8)
     lut[:len(ids)] = ids
-    tag = json.dumps(classes.to_records())
-    size = images.shape[-1]
-    profile = {"driver": "GTiff", "width": size, "height": size, "compress": "deflate"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        for i, (x, y) in enumerate(zip(images.numpy(), label_maps.numpy(), strict=True)):
-            class_id = int(ids[present[i // cfg.per_class]])
-            stem = f"syn_{class_id:03d}_{i % cfg.per_class:04d}"
-            pixels = (x * std + mean).astype(np.float32)
-            with rasterio.open(folder / "images" / f"{stem}.tif", "w", count=len(norms),
-                               dtype="float32", predictor=3, **profile) as dst:
-                dst.write(pixels)
-                for band, norm in enumerate(norms, start=1):
-                    dst.set_band_description(band, norm.name)
-            with rasterio.open(folder / "labels" / f"{stem}.tif", "w", count=1, dtype="uint8",
-                               nodata=IGNORE, **profile) as dst:
-                dst.write(lut[y.astype(np.uint8)][None])
-                dst.write_colormap(1, classes.colormap())
-                dst.update_tags(CLASSES=tag)
+    for i, (x, y) in enumerate(zip(images.numpy(), label_maps.numpy(), strict=True)):
+        class_id = int(ids[present[i // cfg.per_class]])
+        stem = f"syn_{class_id:03d}_{i % cfg.per_class:04d}"
+        write_plain_tile(folder / "images" / f"{stem}.tif", (x * std + mean).astype(np.float32),
+                         band_names=[b.name for b in norms], predictor=3)
+        write_plain_tile(folder / "labels" / f"{stem}.tif", lut[y.astype(np.uint8)][None],
+                         nodata=IGNORE, legend=classes)
     (folder / FOLDER_CLASSES).write_text(yaml.safe_dump({"classes": classes.to_records()},
                                                         sort_keys=False))
     (folder / FOLDER_BANDS).write_text(json.dumps(

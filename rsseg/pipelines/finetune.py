@@ -41,6 +41,7 @@ from rsseg.classes import IGNORE, ClassTable, read_classes
 from rsseg.config import DomainSource, FinetuneConfig, ModelConfig
 from rsseg.errors import ConfigError, InputError, UsageError
 from rsseg.io.raster import open_scene
+from rsseg.io.stats import RunningStats
 from rsseg.labels import (
     VECTOR_SUFFIXES,
     load_label_files,
@@ -54,7 +55,6 @@ from rsseg.models.factory import ModelSpec, build_model, required_multiple
 from rsseg.registry import parse_config
 from rsseg.regularizers.base import SegInfo, get_regularizer, regularizer_class
 from rsseg.regularizers.multidomain import MultiDomainModel, domain_record
-from rsseg.tiling.stats import RunningStats
 from rsseg.tiling.windows import grid_windows
 from rsseg.training.data import LabelledCrops
 from rsseg.training.engine import build_trainer

@@ -34,8 +34,8 @@ from rsseg.io.raster import (
     open_scene,
     write_tile,
 )
+from rsseg.io.stats import RunningStats
 from rsseg.io.tileset import TileSetWriter
-from rsseg.tiling.stats import RunningStats
 from rsseg.tiling.windows import grid_windows, random_windows
 
 Progress = Callable[[int, int], None]

@@ -2,8 +2,9 @@
 
 Lee, Chun, Jung, Yun, Yoon, "Dataset Condensation with Contrastive Signals", ICML 2022
 (code: Saehyung-Lee/DCC), building on Zhao, Mopuri, Bilen, "Dataset Condensation with Gradient
-Matching", ICLR 2021 (DC). A data *tool* (``rsseg condense``, :mod:`rsseg.pipelines.condense`):
-it learns a small synthetic labelled tile set whose training gradients match the real set's.
+Matching", ICLR 2021 (DC). A data *tool* (``rsseg condense``): :func:`learn` learns a small
+synthetic labelled tile set whose training gradients match the real set's (:class:`RealPool`,
+real crops per class); :mod:`rsseg.pipelines.condense` reads the labelled data and writes the set.
 
 Segmentation form: ``per_class`` synthetic tiles per class, each ``(C, size, size)`` in the
 normalised band space, with a *fixed* label map (``labels="uniform"``: every pixel of a class-``c``
@@ -31,13 +32,20 @@ images-per-class value (DC defines it for 1, 10, 20, 30, 40, 50 only).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from rsseg.classes import IGNORE
 from rsseg.registry import MethodConfig, register
+
+Progress = Callable[[int, int, float], None]
+"""Called as ``progress(iteration, iterations, mean matching loss)`` after each iteration."""
 
 # DC's get_loops: images per class → (inner_loop, net_steps) as DCC uses them.
 DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -77,7 +85,7 @@ class DCCConfig(MethodConfig):
 
 @register
 class DCC:
-    """Registry record of the ``rsseg condense`` tool (the work is in the condense pipeline)."""
+    """Registry record of the ``rsseg condense`` tool (the algorithm is :func:`learn`)."""
 
     name: ClassVar[str] = "dcc"
     kind: ClassVar[str] = "tool"
@@ -129,3 +137,172 @@ def gradient_distance(gw_syn: Sequence[Tensor], gw_real: Sequence[Tensor]) -> Te
         cos = (gs * gr).sum(dim=1) / (gs.norm(dim=1) * gr.norm(dim=1) + 1e-6)
         total = total + (1 - cos).sum()
     return total
+
+
+CHUNK = 16
+"""Tiles per forward pass when a gradient is taken over more tiles: the network treats every
+tile on its own (instance norm, no batch statistics), so the gradient of a loss summed over
+tiles is the sum of the gradients of its chunks. Chunks keep the activations (16 tiles of
+64 px × 32 channels: 8 MB) in cache; whole batches of 64-112 tiles measured ~2× slower per
+tile on the 2-core CPU, most of all through the matching's double backward."""
+
+
+@dataclass
+class RealPool:
+    """Real crops per class index, normalised: ``x[c]`` ``(n_c, C, S, S)``, ``y[c]`` ``(n_c, S,
+    S)`` int64 class indexes (255 unlabelled)."""
+
+    x: dict[int, Tensor]
+    y: dict[int, Tensor]
+
+    def batch(self, c: int, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        order = torch.randperm(len(self.x[c]), generator=gen)[:n]
+        return self.x[c][order], self.y[c][order]
+
+
+def class_target(labels: Tensor, c: int | None) -> Tensor:
+    """``labels`` with every pixel not labelled ``c`` unlabelled (all labels if ``c`` is None)."""
+    return labels if c is None else torch.where(labels == c, labels, IGNORE)
+
+
+def masked_ce(logits: Tensor, labels: Tensor, c: int | None = None) -> Tensor:
+    """Mean cross-entropy over the pixels labelled ``c`` (all labelled pixels if None)."""
+    target = class_target(labels, c)
+    count = (target != IGNORE).sum()
+    if not bool(count):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum") / count
+
+
+def chunk_losses(net: nn.Module, x: Tensor, target: Tensor, count: int) -> Iterator[Tensor]:
+    """The masked cross-entropy of ``net(x)`` over ``count`` labelled pixels of ``target``,
+    :data:`CHUNK` tiles at a time: the chunks' terms, which sum to :func:`masked_ce`."""
+    for start in range(0, len(x), CHUNK):
+        yield F.cross_entropy(net(x[start:start + CHUNK]), target[start:start + CHUNK],
+                              ignore_index=IGNORE, reduction="sum") / count
+
+
+def initial_set(pool: RealPool, cfg: DCCConfig, gen: torch.Generator, real_labels: bool
+                ) -> tuple[Tensor, Tensor, list[int]]:
+    """``per_class`` real crops per class (repeated when a class has fewer), their label maps
+    (real, or uniform: every pixel the tile's class) and the classes present."""
+    present = sorted(pool.x)
+    n = cfg.per_class
+    images, maps = [], []
+    for c in present:
+        x, y = pool.batch(c, n, gen)
+        reps = -(-n // len(x))
+        x, y = x.repeat(reps, 1, 1, 1)[:n], y.repeat(reps, 1, 1)[:n]
+        images.append(x)
+        maps.append(y if real_labels else torch.full_like(y, c))
+    return torch.cat(images), torch.cat(maps), present
+
+
+def learn(pool: RealPool, channels: int, num_classes: int, cfg: DCCConfig,
+           device: torch.device, progress: Progress | None
+           ) -> tuple[Tensor, Tensor, list[int], list[float]]:
+    """The DCC loop (module docstring): synthetic tiles, label maps, the
+    classes present (tile ``i`` belongs to ``present[i // per_class]``), loss history."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = cfg.per_class
+    images, maps, present = initial_set(pool, cfg, gen, real_labels=cfg.labels == "real")
+    if cfg.init == "noise":
+        images = torch.randn_like(images)
+    syn = images.to(device).requires_grad_(True)
+    syn_labels = maps.to(device)
+    owner = torch.repeat_interleave(torch.tensor(present), n).to(device)  # class of each tile
+    real = {c: (pool.x[c].to(device), pool.y[c].to(device)) for c in present}
+    optimizer = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=0.5)
+    inner_loop, net_steps = cfg.loops()
+    history = []
+    for outer in range(cfg.iterations):
+        net = ConvNet(channels, num_classes, cfg.net_width, cfg.net_depth).to(device)
+        net.train()
+        params = matched_parameters(net)
+        net_optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr_net)
+        total = 0.0
+        for inner in range(inner_loop):
+            joint = cfg.contrast and (outer >= cfg.outer_warmup or inner >= cfg.inner_warmup)
+            loss = matching_loss(net, params, syn, syn_labels, owner, real, present, cfg,
+                                  joint, gen)
+            # Only the tiles' gradient: loss.backward() would also fill the network's .grad
+            # (second-order terms for every parameter) that the next network step discards.
+            (syn.grad,) = torch.autograd.grad(loss, syn)
+            optimizer.step()
+            total += loss.item()
+            if inner == inner_loop - 1:
+                break
+            train_net(net, net_optimizer, syn.detach(), syn_labels, net_steps,
+                       cfg.batch_train, gen)
+        history.append(total / inner_loop)
+        if progress:
+            progress(outer + 1, cfg.iterations, history[-1])
+    return syn.detach().cpu(), syn_labels.cpu(), present, history
+
+
+def gradient(net: torch.nn.Module, params: list, x: Tensor, labels: Tensor, c: int | None,
+              create_graph: bool = False) -> tuple[Tensor, ...]:
+    """``∇ masked_ce(net(x), labels, c)`` w.r.t. ``params``, :data:`CHUNK` tiles at a time."""
+    target = class_target(labels, c)
+    count = int((target != IGNORE).sum())
+    if not count:  # no pixel of the class: the zero gradient, still part of the graph
+        return torch.autograd.grad(masked_ce(net(x), labels, c), params,
+                                   create_graph=create_graph)
+    grads: tuple[Tensor, ...] = ()
+    for part in chunk_losses(net, x, target, count):
+        g = torch.autograd.grad(part, params, create_graph=create_graph)
+        grads = tuple(a + b for a, b in zip(grads, g, strict=True)) if grads else g
+    return grads
+
+
+def real_gradient(net: torch.nn.Module, params: list, real: dict, c: int, cfg: DCCConfig,
+                   gen: torch.Generator) -> tuple[Tensor, ...]:
+    """``∇L_c(real_c)``: the CE over the class-``c`` pixels of ``batch_real`` random crops of
+    class ``c``."""
+    x, y = real[c]
+    order = torch.randperm(len(x), generator=gen)[:cfg.batch_real].to(x.device)
+    return tuple(g.detach() for g in gradient(net, params, x[order], y[order], c))
+
+
+def mean_real_gradient(net: torch.nn.Module, params: list, real: dict, present: list[int],
+                        cfg: DCCConfig, gen: torch.Generator) -> tuple[Tensor, ...]:
+    """``(1/K)·Σ_c ∇L_c(real_c)``, class by class (a class's batch is one pass; one pass over
+    every class's batch measured slower, see :data:`CHUNK`)."""
+    total: tuple[Tensor, ...] = ()
+    for c in present:
+        g = real_gradient(net, params, real, c, cfg, gen)
+        total = tuple(a + b for a, b in zip(total, g, strict=True)) if total else g
+    return tuple(g / len(present) for g in total)
+
+
+def matching_loss(net: torch.nn.Module, params: list, syn: Tensor, syn_labels: Tensor,
+                   owner: Tensor, real: dict, present: list[int], cfg: DCCConfig, joint: bool,
+                   gen: torch.Generator) -> Tensor:
+    """DCC's joint matching (``joint``) or DC's class-wise matching, one synthetic update."""
+    if joint:
+        mean_real = mean_real_gradient(net, params, real, present, cfg, gen)
+        gw_syn = gradient(net, params, syn, syn_labels, None, create_graph=True)
+        return gradient_distance(gw_syn, mean_real)
+    loss = syn.new_zeros(())
+    for c in present:
+        gw_real = real_gradient(net, params, real, c, cfg, gen)
+        mine = owner == c if cfg.labels == "uniform" else torch.ones_like(owner, dtype=bool)
+        gw_syn = gradient(net, params, syn[mine], syn_labels[mine], c, create_graph=True)
+        loss = loss + gradient_distance(gw_syn, gw_real)
+    return loss
+
+
+def train_net(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+               steps: int, batch: int, gen: torch.Generator) -> None:
+    """``steps`` epochs of SGD on the synthetic set (DC's inner network update); a batch's
+    gradient accumulates over chunks of :data:`CHUNK` tiles (the same gradient)."""
+    for _ in range(steps):
+        order = torch.randperm(len(x), generator=gen).to(x.device)
+        for start in range(0, len(x), batch):
+            chosen = order[start:start + batch]
+            xb, yb = x[chosen], y[chosen]
+            optimizer.zero_grad()
+            count = int((yb != IGNORE).sum())
+            for part in chunk_losses(net, xb, yb, count) if count else ():
+                part.backward()
+            optimizer.step()

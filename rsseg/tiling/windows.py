@@ -1,4 +1,4 @@
-"""Pure window maths for tiling: grid and random windows, read alignment. No file I/O.
+"""Pure window maths for tiling: grid and random windows. No file I/O.
 
 Windows are :class:`rasterio.windows.Window` in pixel units (``col_off, row_off, width, height``)
 of a scene ``width`` columns by ``height`` rows.
@@ -51,17 +51,6 @@ def random_windows(width: int, height: int, size: int, n: int,
     rows = rng.integers(0, max(height - size, 0) + 1, size=n)
     cols = rng.integers(0, max(width - size, 0) + 1, size=n)
     return [Window(int(c), int(r), size, size) for r, c in sorted(zip(rows, cols, strict=True))]
-
-
-def align_stop(stop: int, block_rows: int, limit: int) -> int:
-    """Round a row ``stop`` up to the next multiple of ``block_rows``, capped at ``limit``.
-
-    Reading rows up to a block boundary means the next read starts on a fresh block, so no
-    internal block is decoded twice.
-    """
-    if block_rows < 1:
-        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
-    return min(-(-stop // block_rows) * block_rows, limit)
 
 
 def _check_size_stride(size: int, stride: int) -> None:
