@@ -41,7 +41,7 @@ from rsseg.io.atomic import check_output
 from rsseg.io.inputs import expand_scenes
 from rsseg.io.publish import publishing
 from rsseg.io.qml import qml_path
-from rsseg.io.raster import NoGeoreferencing, Scene, SceneInfo, open_scene
+from rsseg.io.raster import NoGeoreferencing, RowBandReader, Scene, SceneInfo, open_scene
 from rsseg.io.suggestions import (
     LabelColumn,
     crs_name,
@@ -76,6 +76,7 @@ MIN_CELL = 8  # side of a candidate block in pixels (at least --min-distance)
 POOL_PER_POINT = 8  # candidates kept per predicted class, per point asked
 MIN_POOL = 256  # ... and at least this many
 MAX_CENTRES = 256  # labelled pixels per scene whose features count as already picked
+FEATURE_BATCH = 4  # windows per model call of the feature pass (without --batch-size)
 FIELDS = ("predicted", "confidence", "uncertainty", "rank", "scene")  # after the label column
 
 LabelledMask = Callable[[SceneInfo], "np.ndarray | None"]
@@ -276,7 +277,7 @@ def _features(scenes: Sequence[str | Path], cands: Candidates,
                 src = _in_model_band_order(src, meta, model)
                 lay = layout(src.info.height, src.info.width, tile, overlap, multiple)
                 feats = point_features(net, meta, src, rows, cols, lay, device,
-                                       options.batch_size or 2)
+                                       options.batch_size or FEATURE_BATCH)
             for j, f in zip(mine, feats[:len(mine)], strict=True):
                 found[j] = f
             out_centres.append(feats[len(mine):])
@@ -293,6 +294,15 @@ def feature_tap(net: nn.Module) -> str:
     return "bottleneck" if isinstance(getattr(net, "encoder", None), nn.Module) else "decoder"
 
 
+def feature_map(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """:func:`feature_tap`'s map for input ``x``: the encoder alone where that is enough."""
+    if feature_tap(net) == "bottleneck":
+        return net.encoder(x)[-1]
+    with capture(net, ["decoder"]) as taps:
+        net(x)
+    return taps["decoder"]
+
+
 @torch.inference_mode()
 def point_features(net: nn.Module, meta: BundleMeta, scene: Scene, rows: np.ndarray,
                    cols: np.ndarray, lay: Layout, device: torch.device,
@@ -303,16 +313,15 @@ def point_features(net: nn.Module, meta: BundleMeta, scene: Scene, rows: np.ndar
     batches, their input prepared as the predictor prepares it), and its feature is the
     bilinear sample of :func:`feature_tap`'s map at the pixel centre.
     """
-    tap = feature_tap(net)
     win_r = np.abs(rows[:, None] + 0.5 - (np.asarray(lay.rows) + lay.win_h / 2)).argmin(1)
     win_c = np.abs(cols[:, None] + 0.5 - (np.asarray(lay.cols) + lay.win_w / 2)).argmin(1)
-    windows = sorted(set(zip(win_r.tolist(), win_c.tolist(), strict=True)))
-    boundless = lay.win_h > lay.height or lay.win_w > lay.width
+    windows = sorted(set(zip(win_r.tolist(), win_c.tolist(), strict=True)))  # row-major
+    reader = RowBandReader(scene)
     out: np.ndarray | None = None
     for start in range(0, len(windows), batch_size):
         chunk = windows[start:start + batch_size]
-        pixels = np.stack([scene.read(Window(lay.cols[c], lay.rows[r], lay.win_w, lay.win_h),
-                                      boundless=boundless) for r, c in chunk])
+        pixels = np.stack([reader.read(Window(lay.cols[c], lay.rows[r], lay.win_w, lay.win_h))
+                           for r, c in chunk])
         missing = scene.band_missing(pixels)
         for b, (r, c) in enumerate(chunk):  # padding of a scene smaller than a window
             missing[b, :, lay.height - lay.rows[r]:] = True
@@ -321,9 +330,7 @@ def point_features(net: nn.Module, meta: BundleMeta, scene: Scene, rows: np.ndar
         if np.issubdtype(pixels.dtype, np.floating):
             x[~np.isfinite(x)] = 0
         np.copyto(x, np.float32(0), where=missing)
-        with capture(net, [tap]) as taps:
-            net(torch.from_numpy(x).to(device))
-        fmap = taps[tap].float()
+        fmap = feature_map(net, torch.from_numpy(x).to(device)).float()
         for b, (r, c) in enumerate(chunk):
             sel = np.flatnonzero((win_r == r) & (win_c == c))
             gx = (cols[sel] - lay.cols[c] + 0.5) / lay.win_w * 2 - 1

@@ -1,0 +1,69 @@
+"""tools/active_learning.py, tiny budget on the bundled NC scene: rounds, outputs, resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "active_learning.py"
+
+
+@pytest.fixture(scope="module")
+def al():
+    spec = importlib.util.spec_from_file_location("active_learning", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["active_learning"] = module  # (dataclasses look their module up)
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("active_learning", None)
+
+
+def test_tiny_study_runs_every_arm_and_resumes(al, tmp_path: Path, one_thread: None,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "docs" / "al"
+    args = ["--dataset", "nc", "--budget", "tiny", "--out", str(out), "--work",
+            str(tmp_path / "work")]
+    assert al.main(args) == 0
+    results = json.loads(out.with_suffix(".json").read_text())
+    rounds = [(r["arm"], r["points"]) for r in results["runs"]]
+    assert rounds == [("start", 4), ("random", 8), ("uncertainty", 8), ("hybrid", 8)]
+    start = results["runs"][0]["new"]
+    for r in results["runs"][1:]:  # each arm asks 4 new points, never one asked before
+        assert len(r["new"]) == 4 and not {tuple(p) for p in r["new"]} & {tuple(p) for p in start}
+        assert 0 <= r["miou"] <= 1 and sum(r["answered"].values()) + r["unanswered"] <= 8
+    summary = results["summary"][0]
+    assert set(summary["curves"]) == {"random", "uncertainty", "hybrid"}
+    assert summary["verdict"].startswith("nc: hybrid ")
+    doc = out.with_suffix(".md").read_text()
+    assert summary["verdict"] in doc and "| 8 |" in doc and "al.png" in doc
+    assert out.with_suffix(".png").stat().st_size > 0
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("a finished round was run again")
+
+    monkeypatch.setattr(al, "train_and_score", no_training)
+    assert al.main([*args, "--resume"]) == 0  # every round is replayed from OUT.json
+    assert json.loads(out.with_suffix(".json").read_text())["runs"] == results["runs"]
+
+
+def test_start_points_are_uniform_over_valid_pixels(al) -> None:
+    valid = np.zeros((20, 30), dtype=bool)
+    valid[5:15, 10:20] = True
+    image = al.Image(Path("x.tif"), np.ones((20, 30), np.uint8), valid)
+    dataset = al.Dataset("x", [image, image], [image], Path("c.yaml"), False, False)
+    points = al.start_points(dataset, 150, seed=0)
+    assert len({tuple(p) for p in points}) == 150
+    assert all(valid[r, c] for _, r, c in points)
+    assert {i for i, _, _ in points} == {0, 1}
+    assert points == al.start_points(dataset, 150, seed=0)
+
+
+def test_verdict_names_the_figure(al) -> None:
+    assert al.verdict("nc", 0.4, {"hybrid": 100}, 200).endswith("figure reached")
+    assert al.verdict("nc", 0.4, {"hybrid": 125}, 200).endswith("figure not reached")
+    assert "does not reach" in al.verdict("nc", 0.4, {"hybrid": None}, 200)

@@ -1,0 +1,450 @@
+"""Active-learning simulation: do the points ``rsseg suggest`` picks buy more than random ones?
+
+An oracle answers every point asked from a dense reference, as an analyst would in QGIS:
+
+- ``nc``: the bundled Landsat-7 scene, answered by its dense 1996 land-cover map; scored on the
+  same map, every point asked and nodata excluded;
+- ``dubai``: the aerial tiles of ``../shared/data/dubai``, images of tiles 1–5 answered by their
+  masks, the nine images of tile 6 scored.
+
+Protocol, the same for every arm: ``start`` points drawn uniformly over the valid pixels of the
+training images (one draw per seed, shared by the arms), then ``step`` points per round up to
+``max``, each round chosen by the arm — ``random``, ``uncertainty`` or ``hybrid``, i.e.
+``rsseg suggest --strategy ARM`` with the previous round's model (:func:`rsseg.pipelines.suggest.
+suggest_points`, the points asked so far excluded, 5 px apart) — and every round fine-tuned
+from the same initialisation (random init with the seed, or ``--init RUN``'s backbone) on every
+answer so far. A point whose reference has no class (nodata, Dubai's unlabelled 255) costs its
+place in the budget and gives no label, for every arm alike.
+
+Figure to reach (issue 14): hybrid reaches the mIoU random points reach at ``max`` with at most
+half as many points. ``OUT.md`` says whether it does, per dataset, and shows what may limit it:
+the points without an answer and the classes collected per arm.
+
+    python tools/active_learning.py --dataset nc --dataset dubai --out docs/active_learning
+    python tools/active_learning.py --dataset nc --budget tiny --out /tmp/al   # smoke test
+
+Budgets (``--budget``): ``full`` (25 + 25 per round up to 200, seeds 0–2, the shallow U-Net of
+``rsseg demo``'s NC case with 40 fine-tuning steps of 8 crops: 2 datasets × 3 seeds × 22
+fine-tunes, a few hours on 2 CPU cores) and ``tiny`` (4 + 4 up to 8 points, one seed, the
+central 128 px of two training images, 2 steps: a smoke test). Writes ``OUT.json`` (every
+round: scores, the points asked), ``OUT.md`` and ``OUT.png`` (mIoU against points per arm),
+rewritten after every round; ``--resume`` replays the rounds of ``OUT.json`` (same budget) and
+runs the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from PIL import Image as PILImage
+from rasterio.windows import Window
+
+from rsseg.classes import IGNORE, read_classes
+from rsseg.config import FinetuneConfig, load_config
+from rsseg.io.raster import NoGeoreferencing, SceneInfo, open_scene
+from rsseg.labels import read_tile_labels, scan_tiles
+from rsseg.metrics import ConfusionAccumulator
+from rsseg.pipelines.finetune import finetune
+from rsseg.pipelines.predict import PredictOptions, predict_scene
+from rsseg.pipelines.suggest import SuggestOptions, suggest_points
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+NC = ROOT / "rsseg" / "data" / "nc_landsat"
+ARMS = ("random", "uncertainty", "hybrid")
+
+MODEL = ["model.arch=unet", "model.encoder=resnet18",
+         'model.kwargs={"encoder_depth": 3, "decoder_channels": [64, 32, 16]}']
+BUDGETS: dict[str, dict] = {
+    "full": {"start": 25, "step": 25, "max": 200, "seeds": [0, 1, 2], "images": None,
+             "crop": None,
+             "finetune": ["data.crop_size=64", "trainer.epochs=4", "trainer.steps_per_epoch=10",
+                          "trainer.batch_size=8", "optim.lr=0.001", "optim.schedule=cosine",
+                          "optim.min_lr=1.0e-5", "tile=128", "overlap=32"]},
+    "tiny": {"start": 4, "step": 4, "max": 8, "seeds": [0], "images": 2, "crop": 128,
+             "finetune": ["data.crop_size=32", "trainer.epochs=1", "trainer.steps_per_epoch=2",
+                          "trainer.batch_size=4", "tile=64", "overlap=16"]},
+}
+COMMON = ["data.val_fraction=0", "trainer.accelerator=cpu", "trainer.num_workers=0"]
+
+
+@dataclass(frozen=True)
+class Image:
+    """One image: its pixels, dense reference (IGNORE: no class) and valid pixels."""
+
+    path: Path
+    reference: np.ndarray  # (H, W) uint8 class ids
+    valid: np.ndarray  # (H, W) bool
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: list[Image]
+    test: list[Image]
+    classes: Path
+    same_scene: bool  # scored on the training scene: the points asked are never scored
+    georeferenced: bool
+
+
+def load_dataset(name: str, data: Path, images: int | None = None, crop: int | None = None,
+                 work: Path = Path(".")) -> Dataset:
+    """``nc`` or ``dubai``; ``images`` keeps the first training and test images only, ``crop``
+    their central ``crop`` × ``crop`` pixels (copies in ``work``)."""
+    if name == "nc":
+        scene = NC / "landsat7_2000_6band_uint8.tif"
+        image = Image(scene, _band(NC / "landclass96_labels_uint8.tif"), _valid(scene))
+        if crop:
+            image = _crop(image, crop, work / "data")
+        return Dataset("nc", [image], [image], NC / "classes_nc_landcover.yaml", True, True)
+    folder = data / "dubai"
+    if not folder.is_dir():
+        raise SystemExit(f"error: {folder} not found (--data)")
+    tiles = scan_tiles(folder)
+    train = [_tile(t) for t in tiles if not t.stem.startswith("tile6")]
+    test = [_tile(t) for t in tiles if t.stem.startswith("tile6")]
+    if images:
+        train, test = train[:images], test[:1]
+    if crop:
+        train = [_crop(im, crop, work / "data") for im in train]
+        test = [_crop(im, crop, work / "data") for im in test]
+    return Dataset("dubai", train, test, ROOT / "configs" / "classes_dubai.yaml", False, False)
+
+
+def _crop(image: Image, size: int, folder: Path) -> Image:
+    """The central ``size`` × ``size`` pixels of ``image``, written as a GeoTIFF in ``folder``."""
+    h, w = image.reference.shape
+    window = Window(max(0, (w - size) // 2), max(0, (h - size) // 2), min(size, w),
+                    min(size, h))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{image.path.stem}_crop.tif"
+    with open_scene(image.path) as src:
+        pixels = src.read(window)
+        profile = {"driver": "GTiff", "width": pixels.shape[2], "height": pixels.shape[1],
+                   "count": pixels.shape[0], "dtype": pixels.dtype, "nodata": src.info.nodata}
+        if src.info.georeferenced:
+            profile.update(crs=src.info.crs, transform=src.src.window_transform(window))
+        names = src.band_names
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(pixels)
+        for i, name in enumerate(names, start=1):
+            dst.set_band_description(i, name)
+    rows, cols = window.toslices()
+    return Image(path, image.reference[rows, cols], image.valid[rows, cols])
+
+
+def _band(path: Path) -> np.ndarray:
+    with open_scene(path) as src:
+        return src.src.read(1)
+
+
+def _valid(path: Path) -> np.ndarray:
+    with open_scene(path) as src:
+        return src.valid_mask(src.read(Window(0, 0, src.info.width, src.info.height)))
+
+
+def _tile(tile) -> Image:
+    reference = read_tile_labels(tile).labels.astype(np.uint8)
+    return Image(tile.image, reference, np.ones(reference.shape, dtype=bool))
+
+
+class State:
+    """The points asked so far per training image, and the answers."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.asked = [np.zeros(im.reference.shape, dtype=bool) for im in dataset.train]
+        self.labels = [np.full(im.reference.shape, IGNORE, np.uint8) for im in dataset.train]
+        self.index = {im.path.resolve(): i for i, im in enumerate(dataset.train)}
+
+    def ask(self, points: list[list[int]]) -> None:
+        """The oracle answers ``[image, row, col]`` points from the reference."""
+        for i, r, c in points:
+            self.asked[i][r, c] = True
+            self.labels[i][r, c] = self.dataset.train[i].reference[r, c]
+
+    def mask(self, info: SceneInfo) -> np.ndarray:
+        return self.asked[self.index[info.path.resolve()]]
+
+    @property
+    def points(self) -> int:
+        return int(sum(a.sum() for a in self.asked))
+
+    def answered(self) -> dict[str, int]:
+        """Labels collected per class name."""
+        counts = np.bincount(np.concatenate([lab[lab != IGNORE] for lab in self.labels]),
+                             minlength=1)
+        table = read_classes(self.dataset.classes)
+        return {table.name_of(i): int(n) for i, n in enumerate(counts) if n}
+
+
+def start_points(dataset: Dataset, n: int, seed: int) -> list[list[int]]:
+    """``n`` pixels drawn uniformly over the valid pixels of the training images."""
+    sizes = [int(im.valid.sum()) for im in dataset.train]
+    picks = np.sort(np.random.default_rng(seed).choice(sum(sizes), n, replace=False))
+    offsets = np.cumsum([0, *sizes])
+    points = []
+    for p in picks:
+        i = int(np.searchsorted(offsets, p, side="right") - 1)
+        r, c = np.argwhere(dataset.train[i].valid)[p - offsets[i]]
+        points.append([i, int(r), int(c)])
+    return points
+
+
+def suggested(dataset: Dataset, state: State, bundle: Path, arm: str, n: int,
+              seed: int) -> list[list[int]]:
+    """The ``n`` points ``rsseg suggest --strategy ARM`` picks with ``bundle``."""
+    picked = suggest_points([im.path for im in dataset.train], bundle,
+                            SuggestOptions(n=n, strategy=arm, seed=seed, device="cpu"),
+                            labelled=state.mask).points
+    return [[int(i), int(r), int(c)] for i, r, c in zip(picked.scene, picked.row, picked.col,
+                                                        strict=True)]
+
+
+def train_and_score(dataset: Dataset, state: State, config: FinetuneConfig,
+                    init: Path | None, work: Path) -> tuple[Path, dict]:
+    """Fine-tune on the answers so far (same initialisation every round), score the test set."""
+    shutil.rmtree(work, ignore_errors=True)
+    inputs = write_labels(dataset, state, work / "labels")
+    bundle = finetune(work / "ft", config, init=init, classes_file=dataset.classes,
+                      overwrite=True, **inputs)
+    acc = ConfusionAccumulator(ignore=(IGNORE,))
+    for k, im in enumerate(dataset.test):
+        pred = work / f"pred_{k}.tif"
+        predict_scene(im.path, bundle, pred, PredictOptions(overwrite=True, device="cpu"))
+        valid = ~state.asked[0] if dataset.same_scene else None
+        acc.update(_band(pred), im.reference, valid)
+    ids = read_classes(dataset.classes).ids
+    s = acc.scores(ids)
+    iou = {str(i): None if not np.isfinite(v) else round(float(v), 4)
+           for i, v in zip(s.class_ids, s.iou, strict=True)}
+    return bundle, {"miou": float(s.miou), "kappa": float(s.kappa), "oa": float(s.oa),
+                    "iou": iou}
+
+
+def write_labels(dataset: Dataset, state: State, folder: Path) -> dict:
+    """The answers as fine-tuning inputs: a label raster on the scene grid (georeferenced
+    scene), else a tile folder of the images that have answers."""
+    if dataset.georeferenced:
+        folder.mkdir(parents=True)
+        scene = dataset.train[0].path
+        with rasterio.open(scene) as src:
+            profile = src.profile | {"count": 1, "dtype": "uint8", "nodata": IGNORE}
+        path = folder / "labels.tif"
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(state.labels[0][None])
+        return {"scenes": [scene], "labels": path}
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True)
+    for im, labels in zip(dataset.train, state.labels, strict=True):
+        if (labels != IGNORE).any():
+            (folder / "images" / im.path.name).symlink_to(im.path.resolve())
+            PILImage.fromarray(labels).save(folder / "labels" / f"{im.path.stem}.png")
+    return {"tiles": folder}
+
+
+def run_arm(dataset: Dataset, arm: str, seed: int, budget: dict, config: FinetuneConfig,
+            init: Path | None, work: Path, results: dict, out: Path) -> None:
+    """Every round of one arm and seed; rounds in ``results`` are replayed, not rerun."""
+    state = State(dataset)
+    done = {r["points"]: r for r in results["runs"]
+            if (r["dataset"], r["seed"]) == (dataset.name, seed) and r["arm"] in ("start", arm)}
+    sizes = range(budget["start"], budget["max"] + 1, budget["step"])
+    bundle = None
+    for size in sizes:
+        if size in done:
+            state.ask(done[size]["new"])
+            bundle = _round(work, dataset, done[size]["arm"], seed, size) / "ft" / "model.rsseg"
+            continue
+        start = time.perf_counter()
+        if size == budget["start"]:
+            new, label = start_points(dataset, size, seed), "start"
+        else:
+            if bundle is None or not bundle.is_file():  # replayed, its model since removed
+                bundle, _ = train_and_score(dataset, state, config, init, work / "replay")
+            new, label = suggested(dataset, state, bundle, arm, budget["step"], seed), arm
+        state.ask(new)
+        print(f"{dataset.name} {label} seed {seed}: {state.points} points", flush=True)
+        bundle, scores = train_and_score(dataset, state, config, init,
+                                         _round(work, dataset, label, seed, size))
+        unanswered = sum(int(dataset.train[i].reference[r, c] == IGNORE) for i, r, c in new)
+        results["runs"].append({"dataset": dataset.name, "arm": label, "seed": seed,
+                                "points": size, "unanswered": unanswered,
+                                "answered": state.answered(), **scores, "new": new,
+                                "seconds": round(time.perf_counter() - start, 1)})
+        print(f"  -> mIoU {scores['miou']:.3f}", flush=True)
+        write_outputs(results, out)
+
+
+def _round(work: Path, dataset: Dataset, label: str, seed: int, size: int) -> Path:
+    """The work folder of one round (its labels, model and predictions)."""
+    return work / f"{dataset.name}_{label}_{seed}_{size}"
+
+
+def curve(runs: list[dict], dataset: str, arm: str) -> dict[int, list[float]]:
+    """mIoU per seed at each size: the shared start, then the arm's rounds."""
+    out: dict[int, list[float]] = {}
+    for r in runs:
+        if r["dataset"] == dataset and r["arm"] in ("start", arm):
+            out.setdefault(r["points"], []).append(r["miou"])
+    return dict(sorted(out.items()))
+
+
+def summarise(results: dict) -> list[dict]:
+    """Per dataset: mean ± sd per arm and size, points each arm needs to reach random's score
+    at the largest size, and the verdict on the issue's figure."""
+    rows = []
+    for dataset in dict.fromkeys(r["dataset"] for r in results["runs"]):
+        curves = {arm: curve(results["runs"], dataset, arm) for arm in results["arms"]}
+        top = results["budget_sets"]["max"]
+        base = curves.get("random", {}).get(top)
+        row: dict = {"dataset": dataset, "curves": {
+            arm: {str(k): [float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                           len(v)] for k, v in c.items()} for arm, c in curves.items()}}
+        if base:
+            target = float(np.mean(base))
+            reach = {arm: next((k for k, v in c.items() if np.mean(v) >= target), None)
+                     for arm, c in curves.items()}
+            row.update(target=target, reach=reach, verdict=verdict(dataset, target, reach, top))
+        rows.append(row)
+    return rows
+
+
+def verdict(dataset: str, target: float, reach: dict, top: int) -> str:
+    """One line: does hybrid reach random's score at ``top`` points with half as many?"""
+    points = reach.get("hybrid")
+    if points is None:
+        return (f"{dataset}: hybrid does not reach random's {top}-point mIoU "
+                f"({100 * target:.1f}) within {top} points: figure not reached")
+    word = "reached" if points <= top // 2 else "not reached"
+    return (f"{dataset}: hybrid reaches random's {top}-point mIoU ({100 * target:.1f}) with "
+            f"{points} points ({top / points:.1f}x label efficiency): figure {word}")
+
+
+def write_outputs(results: dict, out: Path) -> None:
+    """``OUT.json``, ``OUT.md`` and ``OUT.png``."""
+    results["summary"] = summarise(results)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    lines = ["# Active learning: `rsseg suggest` against random points", "",
+             *(__doc__ or "").split("\n\n")[1:5], "",
+             f"Budget `{results['budget']}`: {results['budget_sets']}; seeds "
+             f"{results['seeds']}; init {results['init'] or 'random'}.", "",
+             f"![mIoU against labelled points]({out.with_suffix('.png').name})", ""]
+    for row in results["summary"]:
+        lines += _dataset_lines(row, [r for r in results["runs"]
+                                      if r["dataset"] == row["dataset"]])
+    out.with_suffix(".md").write_text("\n".join(lines))
+    _plot(results, out.with_suffix(".png"))
+
+
+def _dataset_lines(row: dict, runs: list[dict]) -> list[str]:
+    """One dataset's section of ``OUT.md``: verdict, points to reach, table, what was asked."""
+    arms = list(row["curves"])
+    reach = ", ".join(f"{a} {row['reach'][a] or 'not within the budget'}" for a in arms) \
+        if "reach" in row else "random's last round not run yet"
+    lines = [f"## {row['dataset']}", "", row.get("verdict", ""), "",
+             f"Points each arm needed to reach random's last-round mIoU: {reach}.", "",
+             "mIoU (%), mean ± sd over seeds:", "",
+             "| points | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    for size in sorted({int(k) for c in row["curves"].values() for k in c}):
+        cells = [f"{100 * v[0]:.1f} ± {100 * v[1]:.1f}" if (v := row["curves"][a].get(str(size)))
+                 else "—" for a in arms]
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    lines += ["", "What each arm asked, over the seeds: points without an answer (no class in "
+              "the reference), and the labels per class at its last round:", ""]
+    for arm in arms:
+        mine = [r for r in runs if r["arm"] in ("start", arm)]
+        last = max(r["points"] for r in mine)
+        classes: dict[str, int] = {}
+        for r in mine:
+            if r["points"] == last:
+                for name, count in r["answered"].items():
+                    classes[name] = classes.get(name, 0) + count
+        lines.append(f"- {arm}: {sum(r['unanswered'] for r in mine)} of "
+                     f"{sum(len(r['new']) for r in mine)} points unanswered; labels "
+                     + ", ".join(f"{n} {c}" for n, c in sorted(classes.items())))
+    return [*lines, ""]
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["summary"]
+    fig, axes = plt.subplots(1, max(len(rows), 1), figsize=(5.5 * max(len(rows), 1), 4.2),
+                             squeeze=False)
+    for ax, row in zip(axes[0], rows, strict=False):
+        for arm, c in row["curves"].items():
+            xs = sorted(int(k) for k in c)
+            mean = np.array([100 * c[str(x)][0] for x in xs])
+            sd = np.array([100 * c[str(x)][1] for x in xs])
+            ax.plot(xs, mean, marker="o", label=arm)
+            ax.fill_between(xs, mean - sd, mean + sd, alpha=0.15)
+        if "target" in row:
+            ax.axhline(100 * row["target"], color="grey", linestyle="--", linewidth=1,
+                       label=f"random at {results['budget_sets']['max']}")
+        ax.set_title(row["dataset"])
+        ax.set_xlabel("labelled points (asked)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mIoU (%) on held-out pixels, mean ± sd over seeds")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--dataset", action="append", choices=("nc", "dubai"), required=True)
+    parser.add_argument("--arm", action="append", choices=ARMS,
+                        help="arms to run (repeatable) [default: all three]")
+    parser.add_argument("--budget", choices=tuple(BUDGETS), default="full")
+    parser.add_argument("--seeds", help="comma-separated [default: the budget's]")
+    parser.add_argument("--init", type=Path, help="pretraining run: every round starts from "
+                        "its backbone [default: random init with the seed]")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "finetune_cpu.yaml")
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--work", type=Path, default=Path("active_learning_work"))
+    parser.add_argument("--out", type=Path, required=True, help="OUT.json/.md/.png")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+
+    budget = BUDGETS[args.budget]
+    arms = list(dict.fromkeys(args.arm or ARMS))
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else budget["seeds"]
+    results: dict = {"budget": args.budget, "budget_sets": budget, "arms": arms,
+                     "seeds": seeds, "init": str(args.init) if args.init else None, "runs": []}
+    out = args.out
+    if args.resume and out.with_suffix(".json").is_file():
+        previous = json.loads(out.with_suffix(".json").read_text())
+        if previous["budget"] != args.budget:
+            raise SystemExit("error: --resume needs the same --budget")
+        results["runs"] = previous["runs"]
+        results["arms"] = list(dict.fromkeys([*previous["arms"], *arms]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    warnings.simplefilter("ignore", NoGeoreferencing)
+    for name in dict.fromkeys(args.dataset):
+        dataset = load_dataset(name, args.data, budget["images"], budget["crop"], args.work)
+        for seed in seeds:
+            config = load_config(FinetuneConfig, args.config,
+                                 [*MODEL, *budget["finetune"], *COMMON, *args.sets,
+                                  f"trainer.seed={seed}"])
+            for arm in arms:
+                run_arm(dataset, arm, seed, budget, config, args.init, args.work, results, out)
+    write_outputs(results, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
