@@ -53,6 +53,7 @@ from rsseg.io.suggestions import (
 from rsseg.io.vector import burn_feature_index, intersects_scene, read_vector
 from rsseg.io.writer import bounded_gdal_cache
 from rsseg.labels import VECTOR_SUFFIXES, read_label_raster
+from rsseg.models import parts
 from rsseg.models.bundle import BundleMeta, load_bundle, read_meta
 from rsseg.models.factory import required_multiple
 from rsseg.pipelines.predict import _check_options, _in_model_band_order
@@ -291,13 +292,14 @@ def _features(scenes: Sequence[str | Path], cands: Candidates,
 def feature_tap(net: nn.Module) -> str:
     """The feature map read at the points: the deepest encoder stage, or (models without an
     encoder, e.g. ``pixel``) the input of the last layer."""
-    return "bottleneck" if isinstance(getattr(net, "encoder", None), nn.Module) else "decoder"
+    return "bottleneck" if parts.encoder(net) is not None else "decoder"
 
 
 def feature_map(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """:func:`feature_tap`'s map for input ``x``: the encoder alone where that is enough."""
-    if feature_tap(net) == "bottleneck":
-        return net.encoder(x)[-1]
+    encoder = parts.encoder(net)
+    if encoder is not None:
+        return encoder(x)[-1]
     with capture(net, ["decoder"]) as taps:
         net(x)
     return taps["decoder"]
