@@ -267,7 +267,7 @@ def _features(scenes: Sequence[str | Path], cands: Candidates,
     found: list[np.ndarray | None] = [None] * len(cands)
     out_centres: list[np.ndarray] = []
     with bounded_gdal_cache(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", NoGeoreferencing)  # said once, by the first pass
+        warnings.simplefilter("ignore")  # each scene's warnings were said by the first pass
         for i, path in enumerate(scenes):
             mine = np.flatnonzero(cands.scene == i)
             rows = np.concatenate([cands.row[mine], centres[i][0]]).astype(np.int64)
