@@ -150,6 +150,12 @@ def read_classes(path: str | Path) -> ClassTable:
     return ClassTable.from_records(data, source=str(path))
 
 
+def write_classes(path: str | Path, classes: ClassTable) -> None:
+    """Write ``classes`` as a YAML classes file (``{"classes": [{id, name, color}, ...]}``), what
+    :func:`read_classes` reads back."""
+    Path(path).write_text(yaml.safe_dump({"classes": classes.to_records()}, sort_keys=False))
+
+
 def _parse_color(value: object, source: str) -> tuple[int, int, int]:
     try:
         if isinstance(value, str):

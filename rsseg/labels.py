@@ -6,10 +6,15 @@ lines or polygons with a class column, rasterized onto the scene grid; a tile fo
 
 Class ids are the values written in label and prediction rasters (0..254); 255 marks unlabelled
 pixels in every array this module returns.
+
+Training sources (:class:`LabelSources`, :func:`training_domains`): the labelled rasters of a
+fine-tuning run as class *indexes*, split into train and validation (spatial blocks of a scene,
+or whole tiles/groups of a tile folder), with the class table and the band normalisation.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -20,11 +25,22 @@ from pathlib import Path
 import numpy as np
 from rasterio.windows import Window
 
-from rsseg.classes import IGNORE, MAX_ID, ClassInfo, ClassTable, default_color, raster_classes
-from rsseg.errors import ConfigError, InputError
+from rsseg.classes import (
+    IGNORE,
+    MAX_ID,
+    ClassInfo,
+    ClassTable,
+    default_color,
+    raster_classes,
+    read_classes,
+)
+from rsseg.config import DomainSource, FinetuneConfig
+from rsseg.errors import ConfigError, InputError, UsageError
 from rsseg.grid import check_same_grid
 from rsseg.io.raster import SceneInfo, open_scene
+from rsseg.io.stats import scene_band_stats
 from rsseg.io.vector import burn_feature_index, intersects_scene, read_vector
+from rsseg.models.bundle import BandNorm
 
 VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".fgb", ".gml", ".kml", ".sqlite")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -378,3 +394,214 @@ def read_tile_labels(tile: Tile, ignore: float | None = None,
         labels, carried = _read_mask(tile.mask, ignore, grid)
     found = np.flatnonzero(np.bincount(labels.ravel(), minlength=256)[:IGNORE])
     return SparseLabels(labels, _table_for(found, classes or carried, tile.mask))
+
+
+# --- training sources: labelled rasters split into train and validation ------------------------
+
+FOLDER_CLASSES = "classes.yaml"  # optional class table of a tile folder
+FOLDER_BANDS = "bands.json"  # optional band normalisation of a tile folder
+
+
+@dataclass
+class LabelSources:
+    """Rasters with label arrays of class *indexes* (``(H, W)`` uint8, 255 unlabelled)."""
+
+    train: list[tuple[Path, np.ndarray]]
+    val: list[tuple[Path, np.ndarray]]
+    classes: ClassTable
+    resolution: float | None
+    norms: list[BandNorm] | None = None  # fixed normalisation (a folder's bands.json)
+
+    def band_norms(self, nodata: float | None) -> list[BandNorm]:
+        """The band normalisation to train with: the folder's ``bands.json``, else the mean and
+        std of the valid pixels of the rasters (``InputError`` for a band without any)."""
+        if self.norms:
+            return self.norms
+        stats = scene_band_stats([p for p, _ in self.train + self.val], nodata)
+        return [BandNorm(name=d["name"], mean=d["mean"], std=d["std"] or 1.0) for d in stats]
+
+    def class_counts(self) -> np.ndarray:
+        """Labelled training pixels per class index ``(K,)``."""
+        counts = np.zeros(len(self.classes), dtype=np.int64)
+        for _, labels in self.train:
+            found = np.bincount(labels.ravel(), minlength=256)[:len(self.classes)]
+            counts += found
+        return counts
+
+
+def block_split(labels: np.ndarray, block: int, fraction: float, seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Split labelled pixels by spatial ``block``×``block`` cells: ``(train, val)`` arrays."""
+    if fraction == 0:
+        return labels, np.full_like(labels, IGNORE)
+    rows, cols = labels.shape
+    cells = np.random.default_rng(seed).random(((rows - 1) // block + 1, (cols - 1) // block + 1))
+    is_val = np.kron(cells < fraction, np.ones((block, block), dtype=bool))[:rows, :cols]
+    labelled = labels != IGNORE
+    if not (labelled & ~is_val).any() or not (labelled & is_val).any():
+        return labels, np.full_like(labels, IGNORE)
+    return np.where(is_val, IGNORE, labels), np.where(is_val, labels, IGNORE)
+
+
+def scene_sources(scenes: list[Path], labels: Path | Sequence[Path], column: str | None,
+                  classes: ClassTable | None, nodata: float | None, cfg: FinetuneConfig
+                  ) -> LabelSources:
+    """Sparse labels on each scene's grid from one or several label files (a label raster: one
+    scene; vectors: any)."""
+    files = as_paths(labels)
+    rasters = column is None or any(p.suffix.lower() not in VECTOR_SUFFIXES for p in files)
+    if rasters and len(scenes) > 1:
+        raise UsageError("a label raster belongs to one scene grid but several --scene were given",
+                         "pass one --scene, or vector labels with --label-column")
+    found = []
+    for path in scenes:
+        with open_scene(path, nodata=nodata) as scene:
+            found.append((path, load_label_files(files, scene.info, column, classes=classes),
+                          scene.info))
+    table = classes or _union([sparse.classes for _, sparse, _ in found])
+    train, val = [], []
+    for i, (path, sparse, _) in enumerate(found):
+        idx = table.to_index(sparse.labels)
+        t, v = block_split(idx, cfg.data.val_block, cfg.data.val_fraction, cfg.trainer.seed + i)
+        train.append((path, t))
+        val.append((path, v))
+    info = found[0][2]
+    resolution = float(info.resolution[0]) if info.crs is not None and info.crs.is_projected \
+        else None
+    return LabelSources(train, val, table, resolution)
+
+
+def as_paths(paths: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """A path option (``--labels``, ``--tiles``) given once or several times, as a list."""
+    if paths is None:
+        return []
+    return [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+
+
+def _union(tables: list[ClassTable]) -> ClassTable:
+    """Every class of ``tables`` (the first definition of an id wins)."""
+    by_id = {}
+    for table in tables:
+        for c in table.classes:
+            by_id.setdefault(c.id, c)
+    return ClassTable(tuple(by_id.values()))
+
+
+def tile_sources(folder: Path, classes: ClassTable | None, cfg: FinetuneConfig) -> LabelSources:
+    """The labelled subset of a tile folder, split by tile (or ``data.group``) into train/val.
+
+    Without ``classes``, the folder's ``classes.yaml`` (if any) names the classes.
+    """
+    folder = Path(folder)
+    if classes is None and (folder / FOLDER_CLASSES).is_file():
+        classes = read_classes(folder / FOLDER_CLASSES)
+    tileset = load_tile_folder(folder, cfg.data.label_fraction, cfg.trainer.seed, classes)
+    table = tileset.classes
+    tiles = list(tileset.labelled)
+    if cfg.data.val_fraction > 0 and len(tiles) > 1:
+        train_tiles, val_tiles = split_by_group(tiles, cfg.data.val_fraction, cfg.trainer.seed,
+                                                cfg.data.group)
+    else:
+        train_tiles, val_tiles = tiles, []
+
+    def arrays(chosen: list) -> list[tuple[Path, np.ndarray]]:
+        return [(t.image, table.to_index(read_tile_labels(t, classes=table).labels))
+                for t in chosen]
+
+    return LabelSources(arrays(train_tiles), arrays(val_tiles), table, None,
+                        folder_norms(folder))
+
+
+def folder_norms(folder: Path) -> list[BandNorm] | None:
+    """The band normalisation a tile folder fixes in ``bands.json`` (None without one).
+
+    ``bands.json``: ``{"bands": [{"name", "mean", "std"}, ...]}``.
+    """
+    path = Path(folder) / FOLDER_BANDS
+    if not path.is_file():
+        return None
+    try:
+        return [BandNorm(**band) for band in json.loads(path.read_text())["bands"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{path}: not a band normalisation file ({err})",
+                         "remove it or rewrite it as {\"bands\": [{name, mean, std}, ...]}"
+                         ) from None
+
+
+def write_folder_norms(folder: Path, norms: Sequence[BandNorm]) -> None:
+    """Fix the band normalisation of a tile folder: its ``bands.json`` (:func:`folder_norms`)."""
+    (Path(folder) / FOLDER_BANDS).write_text(json.dumps(
+        {"bands": [b.model_dump() for b in norms]}, indent=2))
+
+
+def check_labels_hold_data(sources: list[tuple[Path, np.ndarray]], nodata: float | None) -> None:
+    """Refuse training data whose labelled pixels are all nodata (an all-nodata scene, a wrong
+    ``--nodata``, labels outside the imagery): training would only see ignored pixels and give
+    a NaN loss. Reads the labelled rows of each raster, stopping at the first valid one."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no CRS/georeferencing.*")
+        for path, labels in sources:
+            with open_scene(path, nodata=nodata) as scene:
+                for top in range(0, labels.shape[0], 256):
+                    labelled = labels[top:top + 256] != IGNORE
+                    if labelled.any():
+                        window = Window(0, top, labels.shape[1], labelled.shape[0])
+                        if (scene.valid_mask(scene.read(window)) & labelled).any():
+                            return
+    if sources:
+        where = str(sources[0][0]) if len(sources) == 1 else f"{len(sources)} rasters"
+        raise InputError(f"no labelled training pixel holds data: {where} is nodata wherever "
+                         "it is labelled", "check the scene, --nodata and where the labels lie")
+
+
+@dataclass
+class Domain:
+    """One labelled dataset of the run (a single-domain run has one, named "")."""
+
+    name: str
+    sources: LabelSources
+
+
+def _domain_name(path: Path, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", path.resolve().name) or "domain"
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    taken.add(name)
+    return name
+
+
+def training_domains(config: FinetuneConfig, scenes: list[Path], tiles: list[Path],
+                     labels: Path | Sequence[Path] | None, label_column: str | None,
+                     classes: ClassTable | None, nodata: float | None) -> list[Domain]:
+    """The labelled datasets of a fine-tuning run, from the flags or the config's ``domains``
+    (several: one domain each, ``multidomain``)."""
+    if config.domains:
+        if scenes or tiles:
+            raise UsageError("datasets given both as flags and in the config's domains list",
+                             "use one or the other")
+        names = [d.name for d in config.domains]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"domain names must be unique, got {names}")
+        return [Domain(d.name, _domain_sources(d, classes, nodata, config)) for d in config.domains]
+    if bool(scenes) == bool(tiles):
+        raise UsageError("give either --scene (with --labels) or --tiles",
+                         "e.g. --scene scene.tif --labels labels.tif")
+    if scenes:
+        if not as_paths(labels):
+            raise UsageError("--scene needs --labels (a label raster or a vector file)")
+        return [Domain("", scene_sources(scenes, labels, label_column, classes, nodata,
+                                         config))]
+    if len(tiles) == 1:
+        return [Domain("", tile_sources(tiles[0], classes, config))]
+    taken: set[str] = set()
+    return [Domain(_domain_name(t, taken), tile_sources(t, classes, config)) for t in tiles]
+
+
+def _domain_sources(domain: DomainSource, classes: ClassTable | None, nodata: float | None,
+                    config: FinetuneConfig) -> LabelSources:
+    table = read_classes(domain.classes) if domain.classes else classes
+    if domain.tiles is not None:
+        return tile_sources(domain.tiles, table, config)
+    return scene_sources(list(domain.scenes), domain.labels, domain.label_column, table, nodata,
+                         config)

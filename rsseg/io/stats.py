@@ -15,7 +15,15 @@ not grow with the data.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
+from rasterio.windows import Window
+
+from rsseg.errors import InputError
+from rsseg.io.raster import open_scene
 
 NBINS = 1 << 16
 
@@ -111,6 +119,35 @@ class RunningStats:
                 "p98": self.percentile(b, 98),
             })
         return out
+
+
+def scene_band_stats(paths: Sequence[Path], nodata: float | None) -> list[dict]:
+    """Per-band statistics (:meth:`RunningStats.to_dicts`) of the valid pixels of ``paths`` (each
+    once), streamed in bands of block rows; ``InputError`` when a band has no valid pixel (it
+    could not be normalised) or every pixel is nodata."""
+    stats, names = None, None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no CRS/georeferencing.*")
+        for path in dict.fromkeys(paths):
+            with open_scene(path, nodata=nodata) as scene:
+                info = scene.info
+                stats = stats or RunningStats(info.count, info.dtype)
+                names = names or info.band_names
+                step = max(info.block_shape[0], 256 // info.block_shape[0] * info.block_shape[0])
+                for top in range(0, info.height, step):
+                    pixels = scene.read(Window(0, top, info.width, min(step, info.height - top)))
+                    stats.update(pixels, ~scene.band_missing(pixels))
+    bands = stats.to_dicts(names)
+    count = len(set(paths))
+    where = str(paths[0]) if count == 1 else f"the training data ({count} rasters)"
+    empty = [d["name"] for d in bands if not d["count"]]
+    if len(empty) == len(bands):
+        raise InputError(f"{where}: every pixel is nodata (nodata {info.nodata}), nothing to "
+                         "train on", "check the scene or pass the right --nodata")
+    if empty:
+        raise InputError(f"{where}: band(s) {', '.join(empty)} hold no valid pixel, so they "
+                         "cannot be normalised", "drop those bands or check --nodata")
+    return bands
 
 
 def _scalar(value: float, dtype: np.dtype) -> int | float:

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor
 
-from rsseg.classes import IGNORE, ClassTable, read_classes
+from rsseg.classes import IGNORE, ClassTable, read_classes, write_classes
 from rsseg.config import FinetuneConfig, FinetuneData
 from rsseg.errors import InputError, UsageError
 from rsseg.inference.device import resolve_device
@@ -38,18 +37,17 @@ from rsseg.io.atomic import atomic_dir, check_output
 from rsseg.io.gdal_errors import gdal_write_errors
 from rsseg.io.owned import CONDENSED, check_replaceable
 from rsseg.io.raster import write_plain_tile
-from rsseg.models.bundle import BandNorm
-from rsseg.pipelines.finetune import (
-    FOLDER_BANDS,
+from rsseg.labels import (
     FOLDER_CLASSES,
     LabelSources,
     check_labels_hold_data,
-    scene_band_norms,
     scene_sources,
     tile_sources,
+    write_folder_norms,
 )
+from rsseg.models.bundle import BandNorm
 from rsseg.regularizers.dcc import DCCConfig, Progress, RealPool, initial_set, learn
-from rsseg.training.data import LabelledCrops
+from rsseg.training.data import LabelledCrops, labelled_pixels
 
 
 def real_pool(sources: LabelSources, norms: list[BandNorm], size: int, per_class: int,
@@ -61,10 +59,7 @@ def real_pool(sources: LabelSources, norms: list[BandNorm], size: int, per_class
     xs: dict[int, Tensor] = {}
     ys: dict[int, Tensor] = {}
     for c in range(len(sources.classes)):
-        centres = np.concatenate([
-            np.column_stack([np.full(len(r), i), r, col])
-            for i, (_, labels) in enumerate(sources.train)
-            for r, col in [np.nonzero(labels == c)]] or [np.zeros((0, 3), dtype=np.int64)])
+        centres = labelled_pixels(sources.train, lambda labels, c=c: labels == c)
         if not len(centres):
             continue
         if len(centres) > per_class:
@@ -106,7 +101,7 @@ def condense(out: str | Path, config: DCCConfig, *, scenes: list[Path] | None = 
         warnings.filterwarnings("ignore", message=".*no CRS/georeferencing.*")
         sources = (scene_sources(list(scenes), labels, label_column, classes, nodata, data_cfg)
                    if scenes else tile_sources(Path(tiles), classes, data_cfg))
-        norms = sources.norms or scene_band_norms([p for p, _ in sources.train], nodata)
+        norms = sources.band_norms(nodata)
         check_labels_hold_data(sources.train, nodata)
         pool = real_pool(sources, norms, config.size, config.real_pool, nodata, config.seed)
     if not pool.x:
@@ -151,10 +146,8 @@ def _write(folder: Path, images: Tensor, label_maps: Tensor, present: list[int],
                          band_names=[b.name for b in norms], predictor=3)
         write_plain_tile(folder / "labels" / f"{stem}.tif", lut[y.astype(np.uint8)][None],
                          nodata=IGNORE, legend=classes)
-    (folder / FOLDER_CLASSES).write_text(yaml.safe_dump({"classes": classes.to_records()},
-                                                        sort_keys=False))
-    (folder / FOLDER_BANDS).write_text(json.dumps(
-        {"bands": [b.model_dump() for b in norms]}, indent=2))
+    write_classes(folder / FOLDER_CLASSES, classes)
+    write_folder_norms(folder, norms)
     (folder / "condense.json").write_text(json.dumps({
         "method": method, "config": cfg.model_dump(mode="json"),
         "classes": [classes.classes[c].name for c in present],

@@ -25,7 +25,7 @@ model is passed in and never stored, so bundles hold the model's weights alone.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -158,6 +158,14 @@ def regularizer_class(name: str) -> type[Regularizer]:
                           f"(use {hint})",
                           fix=f"fine-tuning regularizers: {', '.join(regularizer_names())}")
     return cls
+
+
+def check_regularizers(table: Mapping[str, Mapping[str, object]]) -> None:
+    """Every regularizer of ``table`` (name → params) exists, is a regularizer and has valid
+    params; ``ConfigError`` naming the first that does not."""
+    for name, params in table.items():
+        regularizer_class(name)
+        parse_config(name, params)
 
 
 def get_regularizer(name: str, model: nn.Module, info: SegInfo, **cfg: object) -> Regularizer:

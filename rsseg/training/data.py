@@ -1,5 +1,9 @@
 """Datasets for the engine: pretraining views of tiles, supervised crops of labelled rasters.
 
+Fine-tuning: :func:`crop_loaders` turns the run's labelled datasets (:class:`rsseg.labels.Domain`)
+into a training loader of random crops centred on labelled pixels (one item per domain when
+several) and validation loaders of grid crops holding labelled pixels.
+
 Every item is normalised per band with the statistics that travel with the tiles and the bundle:
 ``(x - mean) / std`` in float32, missing band values (nodata, per band as in GDAL) set to 0 (the
 band mean), as ``predict`` sees them. Arrays are ``(C, H, W)``.
@@ -10,14 +14,24 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from rasterio.windows import Window
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from rsseg.classes import IGNORE
+from rsseg.config import FinetuneConfig
+from rsseg.errors import InputError
 from rsseg.io.raster import NoGeoreferencing, Scene, open_scene
+from rsseg.tiling.windows import grid_windows
+
+if TYPE_CHECKING:  # annotations only: labels pulls in the vector stack, models smp
+    from rsseg.labels import Domain
+    from rsseg.models.bundle import BandNorm
 
 
 def normalize(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray,
@@ -194,3 +208,92 @@ def crop_labels(labels: np.ndarray, window: Window, fill: int) -> np.ndarray:
     if re > rs and ce > cs:
         out[rs - r0:re - r0, cs - c0:ce - c0] = labels[rs:re, cs:ce]
     return out
+
+
+Sources = Sequence[tuple[Path, np.ndarray]]
+
+
+def labelled_pixels(sources: Sources, select: Callable[[np.ndarray], np.ndarray] | None = None
+                    ) -> np.ndarray:
+    """``(N, 3)`` int64 ``(source, row, col)`` of the pixels where ``select(labels)`` holds
+    (default: every labelled pixel), source by source in row-major order."""
+    parts = [np.column_stack([np.full(len(r), i), r, c])
+             for i, (_, labels) in enumerate(sources)
+             for r, c in [np.nonzero(labels != IGNORE if select is None else select(labels))]]
+    return np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.int64)
+
+
+def crop_centres(sources: Sources, limit: int, seed: int) -> np.ndarray:
+    """``(N, 3)`` (source, row, col) of labelled pixels, at most ``limit`` (random subset)."""
+    centres = labelled_pixels(sources)
+    if len(centres) > limit:
+        centres = centres[np.random.default_rng(seed).choice(len(centres), limit, replace=False)]
+    return centres
+
+
+def grid_centres(sources: Sources, size: int) -> np.ndarray:
+    """Centres of the ``size`` grid windows that hold at least one labelled pixel."""
+    out = []
+    for i, (_, labels) in enumerate(sources):
+        rows, cols = labels.shape
+        for w in grid_windows(max(cols, size), max(rows, size), size, size):
+            r0, c0 = int(w.row_off), int(w.col_off)
+            if (labels[r0:r0 + size, c0:c0 + size] != IGNORE).any():
+                out.append((i, r0 + size // 2, c0 + size // 2))
+    return np.array(out, dtype=np.int64).reshape(-1, 3)
+
+
+class PerDomain(Dataset):
+    """One item of every domain's dataset per index (shorter ones wrap around)."""
+
+    def __init__(self, datasets: Sequence[Dataset]) -> None:
+        self.datasets = list(datasets)
+
+    def __len__(self) -> int:
+        return max(len(d) for d in self.datasets)
+
+    def __getitem__(self, index: int) -> tuple:
+        return tuple(d[index % len(d)] for d in self.datasets)
+
+
+@dataclass
+class CropLoaders:
+    """The loaders of a fine-tuning run; ``val_domains``: the domain of each validation loader."""
+
+    train: DataLoader
+    val: list[DataLoader]
+    val_domains: list[int]
+
+
+def crop_loaders(domains: Sequence[Domain], norms: Sequence[Sequence[BandNorm]],
+                 config: FinetuneConfig, nodata: float | None) -> CropLoaders:
+    """Training crops centred on labelled pixels (``data.max_centres`` of them; an epoch of
+    ``steps_per_epoch`` batches or one item per centre), augmented as ``config.data`` says;
+    validation crops on the grid of each domain's held-out labels. ``InputError`` for a domain
+    without a labelled training pixel."""
+    bs, workers, crop = config.trainer.batch_size, config.trainer.num_workers, config.data.crop_size
+    trains, val_loaders, val_domains = [], [], []
+    for d, (domain, norm) in enumerate(zip(domains, norms, strict=True)):
+        mean = np.array([b.mean for b in norm])
+        std = np.array([b.std for b in norm])
+        sources = domain.sources
+        centres = crop_centres(sources.train, config.data.max_centres, config.trainer.seed)
+        if not len(centres):
+            where = f" in domain {domain.name!r}" if domain.name else ""
+            raise InputError(f"no labelled pixel left for training{where}", "add labels")
+        length = (config.trainer.steps_per_epoch * bs if config.trainer.steps_per_epoch
+                  else len(centres))
+        trains.append(LabelledCrops(sources.train, centres, crop, mean, std, nodata,
+                                    length=length, balance=config.data.balance,
+                                    jitter=config.data.jitter,
+                                    band_dropout=config.data.band_dropout))
+        val_centres = grid_centres(sources.val, crop)
+        if len(val_centres):
+            val = LabelledCrops(sources.val, val_centres, crop, mean, std, nodata, augment=False)
+            val_loaders.append(DataLoader(val, batch_size=bs, num_workers=workers,
+                                          persistent_workers=workers > 0))
+            val_domains.append(d)
+    train = trains[0] if len(trains) == 1 else PerDomain(trains)
+    loader = DataLoader(train, batch_size=bs, shuffle=True, drop_last=len(train) > bs,
+                        num_workers=workers, persistent_workers=workers > 0)
+    return CropLoaders(loader, val_loaders, val_domains)

@@ -9,6 +9,7 @@ or one ``(x, y)`` per domain for multi-domain models (:mod:`rsseg.regularizers.m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -258,6 +259,14 @@ class SegmentationModule(L.LightningModule):
             self.model.eval()
             for module in parts.head_modules(self.model):
                 module.train()
+
+
+def trained_weights(checkpoint: Path, ema: bool) -> dict[str, Tensor]:
+    """The model's weights in a :class:`SegmentationModule` checkpoint: the weight average with
+    ``ema``, else the model's own."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    prefix = "ema_model.module." if ema else "model."
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _domain_batches(batch: Sequence) -> list[tuple[int, tuple[Tensor, Tensor]]]:
