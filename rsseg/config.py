@@ -140,7 +140,6 @@ class FinetuneData(Section):
     label_fraction: float = Field(1.0, gt=0, le=1)  # of labelled tiles used (tile folders)
     group: str | None = None  # regex on tile stems; a group never straddles train and val
     max_centres: int = Field(200_000, ge=100)  # labelled pixels kept as crop centres
-    ignore_index: int = Field(255, ge=0, le=255)
     # Training crops: a centre of class k is drawn ∝ n_k^-balance (0: every labelled pixel
     # alike, 1: every class alike); jitter: per-band random gain and offset, N(0, jitter) in
     # normalised units (radiometric augmentation, safe for any band count; 0 = off).

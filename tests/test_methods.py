@@ -353,20 +353,6 @@ def test_claws_without_nir_names_the_bands_it_has() -> None:
     get_pretext("claws", unet(3), mask="none").bind_data(rgb)  # fine without NDVI
 
 
-def test_claws_labels_mask_needs_labels() -> None:
-    pretext = get_pretext("claws", unet(), mask="labels", label_classes=[3])
-    with pytest.raises(ConfigError, match="needs labels"):
-        pretext.check_data({"two_views"})
-    pretext.check_data({"two_views", "labels"})
-    labels = np.full((40, 40), 255, dtype=np.uint8)
-    labels[:10] = 3
-    labels[10:20] = 1
-    sampler = get_pretext("claws", unet(), mask="labels", label_classes=[3], view_size=40,
-                          views=STILL).sampler()
-    item = sampler(np.zeros((4, 40, 40), np.float32), np.random.default_rng(0), labels=labels)
-    assert item["mask1"][:10].all() and not item["mask1"][10:].any()
-
-
 def test_claws_masked_pool_matches_loop() -> None:
     features = rand(2, 3, 2, 2)
     mask = torch.zeros(2, 8, 8)

@@ -1,4 +1,4 @@
-"""Combined pretexts (issue 4): a base wrapped by ``claws`` masks or an ``adversarial`` view,
+"""Combined pretexts: a base wrapped by ``claws`` masks or an ``adversarial`` view,
 from a nested config or repeated ``rsseg pretrain --method``."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Why predict runs what it runs (docs/performance.md): for one randomly initialised model and the
 same input, the model alone (no reading, blending or writing) as
 
-- ``eager``: the plain module, NCHW (the baseline of issue 6);
+- ``eager``: the plain module, NCHW (the baseline);
 - ``channels_last``: the module in channels-last memory format;
 - ``folded``: channels-last with BatchNorm folded into the convolutions — what ``--backend
   torch`` runs;

@@ -1,4 +1,4 @@
-"""Compare the digest's methods on real data under one budget (issue 4, deliverable 4).
+"""Compare every registered method on real data under one budget.
 
 For one dataset (``nc``: the NC Landsat scene, trained on the sparse pixels of its left half and
 scored against the dense 1996 map on its right half; ``dubai``: the Dubai tiles split by tile

@@ -34,11 +34,7 @@ def _root() -> None:
 _COMMAND_MODULES = ("tile", "pretrain", "finetune", "predict", "evaluate", "info", "demo",
                     "methods", "vectorize", "export_onnx", "condense", "suggest")
 for _name in _COMMAND_MODULES:
-    try:
-        importlib.import_module(f"rsseg.cli.{_name}")
-    except ModuleNotFoundError as _err:  # a command not written yet must not break the others
-        if _err.name != f"rsseg.cli.{_name}":
-            raise
+    importlib.import_module(f"rsseg.cli.{_name}")
 
 
 # OS errors of the disk or the mount rather than of rsseg: one line, not a traceback

@@ -99,9 +99,6 @@ class RowWriter:
             self._buffered = 0
 
 
-ClassRasterWriter = RowWriter  # the class raster is the one-band case
-
-
 @contextmanager
 def class_raster_writer(path: str | Path, info: SceneInfo, classes: Legend,
                         nodata: int = 255, overwrite: bool = False,

@@ -7,10 +7,9 @@ Shapes: views ``(B, C, S, S)``, masks ``(B, S, S)`` float (1 = attended), global
 ``(B, Cg, h, w)``.
 
 - Hard attention mask per tile (``mask``): ``ndvi`` = ``(NIR − red)/(NIR + red) > t`` on the
-  de-normalised bands named ``red_band``/``nir_band``; ``labels`` = labelled pixels (of
-  ``label_classes`` if given) of a sparse label map passed to the sampler; ``none`` = every
-  valid pixel. It follows the views' geometry through their source-pixel ids; a view whose mask
-  covers less than ``min_fraction`` falls back to its valid pixels.
+  de-normalised bands named ``red_band``/``nir_band``; ``none`` = every valid pixel. It
+  follows the views' geometry through their source-pixel ids; a view whose mask covers less
+  than ``min_fraction`` falls back to its valid pixels.
 - Each view is multiplied by its mask (background = band mean, 0 in normalised units), and the
   global map is masked-average-pooled ``Σ m·F / Σ m`` with ``m`` the mask's area fraction per
   feature cell → ``(B, Cg)``; head ``Linear(Cg, 256) → ReLU → Linear(256, 64)``.
@@ -30,8 +29,7 @@ pretexts with ``view_pipeline``: ``rsseg.pretexts.compose.wrappable()``).
 Deviations: the paper builds whole batches within one class; the engine draws random batches,
 so here each batch is split into its clusters (same hard, same-cluster negatives, smaller
 sub-batches: use a large batch). Tile-level weak labels are not read; clusters are k-means
-pseudo-labels. ``mask: labels`` needs an engine that passes labels to the sampler, and is
-refused (``check_data``) where none are available.
+pseudo-labels; pretraining has no labels, so no mask is drawn from them.
 """
 
 from __future__ import annotations
@@ -61,11 +59,10 @@ from rsseg.registry import MethodConfig, register
 class CLAWSConfig(MethodConfig):
     """CLAWS settings."""
 
-    mask: Literal["ndvi", "labels", "none"] = "ndvi"
+    mask: Literal["ndvi", "none"] = "ndvi"
     red_band: str = "red"  # band name (exact, or a word of it: "red" matches "B3_red")
     nir_band: str = "nir"
     ndvi_threshold: float = Field(0.2, ge=-1, le=1)
-    label_classes: tuple[int, ...] | None = None  # mask=labels: attended class ids (None: any)
     min_fraction: float = Field(0.01, ge=0, le=1)
     clusters: int = Field(4, ge=1, le=4096)  # 1: no weak supervision (masked SimCLR)
     warmup_epochs: int = Field(1, ge=0, le=100_000)
@@ -115,14 +112,12 @@ class MaskedViewSampler:
     red_norm: tuple[float, float] = (0.0, 1.0)
     nir_norm: tuple[float, float] = (0.0, 1.0)
     threshold: float = 0.2
-    label_classes: tuple[int, ...] | None = None
     min_fraction: float = 0.01
     patch_size: int | None = None
     patch_num: int | None = None
     radiometry: Radiometry | None = None
 
-    def tile_mask(self, tile: np.ndarray, valid: np.ndarray | None,
-                  labels: np.ndarray | None) -> np.ndarray:
+    def tile_mask(self, tile: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
         """``(H, W)`` bool attention mask of the whole tile."""
         ok = np.ones(tile.shape[1:], dtype=bool) if valid is None else valid.astype(bool)
         if self.mask == "ndvi":
@@ -131,20 +126,12 @@ class MaskedViewSampler:
             with np.errstate(divide="ignore", invalid="ignore"):
                 ndvi = (nir - red) / (nir + red)
             return ok & (np.nan_to_num(ndvi, nan=-np.inf) > self.threshold)
-        if self.mask == "labels":
-            if labels is None:
-                raise ConfigError("method 'claws' with mask: labels needs a label map per tile")
-            labelled = labels != 255
-            if self.label_classes is not None:
-                labelled &= np.isin(labels, self.label_classes)
-            return ok & labelled
         return ok
 
     def __call__(self, tile: np.ndarray, rng: np.random.Generator,
-                 valid: np.ndarray | None = None, labels: np.ndarray | None = None
-                 ) -> dict[str, np.ndarray]:
+                 valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
         pair = make_view_pair(tile, rng, self.size, self.views, valid, self.radiometry)
-        attend = self.tile_mask(np.asarray(tile, dtype=np.float32), valid, labels).ravel()
+        attend = self.tile_mask(np.asarray(tile, dtype=np.float32), valid).ravel()
         out = {"view1": pair.view1, "view2": pair.view2}
         for key, index in (("mask1", pair.index1), ("mask2", pair.index2)):
             seen = index >= 0
@@ -183,8 +170,8 @@ class CLAWS(Wrapper):
     (+ ``patches`` ``(B, P, 4)`` around a base with matched patches)."""
 
     name = "claws"
-    description = ("contrast of hard-attention-masked views (NDVI, labels or none), negatives "
-                   "within k-means clusters")
+    description = ("contrast of hard-attention-masked views (NDVI or none), negatives within "
+                   "k-means clusters")
     reference = ("Herrera-Gerena et al., CLAWS: Contrastive Learning with hard Attention and "
                  "Weak Supervision, arXiv 2112.00847")
     config_class = CLAWSConfig
@@ -201,18 +188,6 @@ class CLAWS(Wrapper):
         self.register_buffer("centroids", torch.zeros(config.clusters, global_channels))
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
         self._bands: dict[str, object] | None = None
-
-    def check_data(self, available: Collection[str]) -> None:  # type: ignore[override]
-        """As ``Pretext.check_data``, plus labels when the mask comes from labels (and the
-        base's needs)."""
-        needs = set(self.needs) | ({"labels"} if self.config.mask == "labels" else set())
-        missing = sorted(needs - set(available))
-        if missing:
-            raise ConfigError(f"method 'claws' (mask: {self.config.mask}) needs "
-                              f"{', '.join(missing)}, which this run does not have",
-                              fix="provide them, or use mask: ndvi / none")
-        if self.base is not None:
-            self.base.check_data(available)
 
     def bind_data(self, info: DataInfo) -> None:
         """Find the red and NIR bands (``mask: ndvi``); ConfigError naming the bands there are."""
@@ -236,7 +211,7 @@ class CLAWS(Wrapper):
         views = ({"size": cfg.view_size, "views": cfg.views, "radiometry": self.radiometry}
                  if self.base is None else base_views(self.base.sampler()))
         return MaskedViewSampler(mask=cfg.mask, threshold=cfg.ndvi_threshold,
-                                 label_classes=cfg.label_classes, min_fraction=cfg.min_fraction,
+                                 min_fraction=cfg.min_fraction,
                                  **views, **bands)
 
     @torch.no_grad()

@@ -167,10 +167,6 @@ class MultiDomainModel(nn.Module):
         self.decoder_tap = nn.Identity()  # its output: the decoder features (regularizer tap)
 
     @property
-    def domains(self) -> int:
-        return len(self.heads)
-
-    @property
     def encoder(self) -> nn.Module:
         return self.base.encoder
 
@@ -179,9 +175,6 @@ class MultiDomainModel(nn.Module):
             if isinstance(module, DomainBatchNorm2d):
                 module.active = domain
         return self.heads[domain](self.decoder_tap(self.base(x)))
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        return list(self.heads.parameters())
 
     def export(self, domain: int, spec: ModelSpec) -> nn.Module:
         """The plain model of ``domain`` (spec: its architecture and class count), eval mode."""
@@ -200,11 +193,6 @@ class MultiDomainModel(nn.Module):
             state[key] = ours[source]
         plain.load_state_dict(state, strict=True)
         return plain.eval()
-
-
-def build_multidomain(specs: Sequence[ModelSpec]) -> MultiDomainModel:
-    """A fresh multi-domain model, one spec per domain (same model and bands)."""
-    return MultiDomainModel([build_model(spec) for spec in specs])
 
 
 # --- bundles -----------------------------------------------------------------------------------
