@@ -19,7 +19,7 @@ from rsseg.errors import InputError
 from rsseg.io.atomic import atomic_path
 from rsseg.models.bundle import BandNorm
 from rsseg.models.factory import ModelSpec, is_unused_stage_key
-from rsseg.pretexts.features import global_module
+from rsseg.models.parts import global_module
 
 FILENAME = "backbone.safetensors"
 METADATA_KEY = "rsseg_backbone"

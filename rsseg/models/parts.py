@@ -1,4 +1,4 @@
-"""Where the parts of a segmentation model are: encoder, decoder features, head(s), band count.
+"""Where the parts of a segmentation model are: encoder (+ASPP), decoder features, head(s), bands.
 
 The one place that knows the layouts rsseg builds (:mod:`rsseg.models.factory`): smp models
 (``encoder``, ``decoder``, ``segmentation_head``), the ``pixel`` architecture (``net``, a
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Literal, TypeVar
 
 import torch
+from segmentation_models_pytorch.decoders.deeplabv3.decoder import ASPP
 from torch import Tensor, nn
 
 T = TypeVar("T")
@@ -24,6 +25,19 @@ def encoder(model: nn.Module) -> nn.Module | None:
     """smp's ``encoder`` (a multi-domain model's shared one), None without one."""
     found = getattr(model, "encoder", None)
     return found if isinstance(found, nn.Module) else None
+
+
+def global_module(model: nn.Module) -> nn.Module:
+    """The module whose output is the "global" feature map (ASPP if any, else the encoder)."""
+    decoder = getattr(model, "decoder", None)
+    if decoder is not None:
+        for module in decoder.modules():
+            if isinstance(module, ASPP):
+                return module
+    found = encoder(model)
+    if found is None:
+        raise TypeError(f"{type(model).__name__} is not a segmentation_models_pytorch model")
+    return found
 
 
 def encoder_parameters(model: nn.Module) -> list[nn.Parameter]:

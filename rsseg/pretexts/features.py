@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from segmentation_models_pytorch.decoders.deeplabv3.decoder import ASPP
 from torch import Tensor, nn
 
 from rsseg.models import parts
+from rsseg.models.parts import global_module
 
 LOCAL_MIN_CHANNELS = 64  # the local branch never reads a narrower decoder feature
 
@@ -35,19 +35,6 @@ class FeatureMaps:
 
     global_: Tensor
     local: Tensor
-
-
-def global_module(model: nn.Module) -> nn.Module:
-    """The module whose output is the "global" feature map (ASPP if any, else the encoder)."""
-    decoder = getattr(model, "decoder", None)
-    if decoder is not None:
-        for module in decoder.modules():
-            if isinstance(module, ASPP):
-                return module
-    encoder = parts.encoder(model)
-    if encoder is None:
-        raise TypeError(f"{type(model).__name__} is not a segmentation_models_pytorch model")
-    return encoder
 
 
 def local_module(model: nn.Module) -> nn.Module | None:
