@@ -137,12 +137,12 @@ class Wrapper(Pretext):
 
     def _build_base(self, name: str, params: Mapping[str, Any], model: nn.Module,
                     view_size: int | None) -> Pretext:
-        if name == self.name:
-            raise ConfigError(f"method {self.name!r} cannot wrap itself", fix="base: glcnet")
-        base = get_pretext(name, model, **with_view_size(name, params, view_size))
         valid = wrappable(self.stateless_base)
-        fix = f"base: {', '.join(valid[:-1])} or {valid[-1]}" if len(valid) > 1 else \
-            f"base: {''.join(valid)}"
+        fix = "base: " + (" or ".join([", ".join(valid[:-1]), valid[-1]] if len(valid) > 1
+                                      else valid) or "none is registered")
+        if name == self.name:
+            raise ConfigError(f"method {self.name!r} cannot wrap itself", fix=fix)
+        base = get_pretext(name, model, **with_view_size(name, params, view_size))
         if self.stateless_base and base.stateful:
             raise ConfigError(f"method {self.name!r} cannot wrap {name!r}: its forward updates "
                               "a queue, bank or momentum encoder, and this method evaluates it "
