@@ -194,3 +194,67 @@ def test_a_worker_killed_mid_batch_costs_one_task_not_the_batch(cluster, geotiff
         predict_scene(scene, rgbn_bundle, tmp_path / "one.tif", PredictOptions(overwrite=True))
         np.testing.assert_array_equal(_classes(tmp_path / "out" / f"{scene.stem}_pred.tif"),
                                       _classes(tmp_path / "one.tif"))
+
+
+@pytest.fixture(scope="module")
+def unet_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random UNet (spatial context, so the blending of overlapping windows matters)."""
+    import torch
+
+    from rsseg.models.bundle import BundleMeta, save_bundle
+    from rsseg.models.factory import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="unet", encoder="resnet18", in_channels=4, classes=3,
+                     kwargs={"encoder_depth": 3, "decoder_channels": (16, 8, 8)})
+    meta = BundleMeta(
+        model=spec, tile=32, overlap=8,
+        bands=[{"name": n, "mean": 15.0, "std": 8.0} for n in ("red", "green", "blue", "nir")],
+        classes=[{"id": 1, "name": "water", "color": (0, 0, 255)},
+                 {"id": 2, "name": "field", "color": (255, 255, 0)},
+                 {"id": 5, "name": "forest", "color": (0, 128, 0)}])
+    return save_bundle(tmp_path_factory.mktemp("unet") / "unet.rsseg", build_model(spec), meta)
+
+
+def test_strips_cover_every_window_row_once() -> None:
+    from rsseg.inference.sliding import strip_start, strips
+    from rsseg.tiling.blend import layout
+
+    lay = layout(150, 60, 32, 8, 8)
+    pieces = strips(lay, 2000)
+    assert len(pieces) == 5 and [i for p in pieces for i in p] == list(range(len(lay.rows)))
+    assert strips(lay, 10**9) == [range(len(lay.rows))]
+    for piece in pieces[1:]:  # the halo: the window rows above that touch the strip's rows
+        first = strip_start(lay, piece.start)
+        assert first < piece.start and lay.rows[first] + lay.win_h > lay.rows[piece.start]
+
+
+def test_a_large_scene_is_split_into_strips_over_the_workers(cluster, geotiff_factory,
+                                                             unet_bundle, tmp_path,
+                                                             run_cli) -> None:
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(1, 30, (4, 150, 60)).astype(np.uint16)
+    pixels[:, 40:47, 10:30] = 0  # some nodata
+    scene = geotiff_factory("big.tif", pixels, nodata=0)
+    with get_task_stream(cluster) as stream:
+        result = run_cli("predict", scene, "--model", unet_bundle, "--out-dir", tmp_path / "out",
+                         "--cluster", cluster.scheduler.address, "--split-mpx", 0.002)
+    assert result.exit_code == 0, result
+    strips = [t for t in stream.data if "predict_task" in t["key"]]
+    assert len(strips) == 5 and len({t["worker"] for t in strips}) == 2, strips
+    predict_scene(scene, unet_bundle, tmp_path / "one.tif", PredictOptions())
+    split, one = _classes(tmp_path / "out" / "big_pred.tif"), _classes(tmp_path / "one.tif")
+    assert split.shape == one.shape == (150, 60)
+    assert (split == one).mean() >= 0.9999
+    assert (tmp_path / "out" / "big_pred.qml").is_file()
+    assert "ok" in (tmp_path / "out" / "summary.csv").read_text()
+    with rasterio.open(tmp_path / "out" / "big_pred.tif") as a, \
+            rasterio.open(tmp_path / "one.tif") as b:
+        assert a.profile == b.profile and a.tags() == b.tags()
+
+
+def test_split_mpx_must_be_positive(geotiff_factory, rgbn_bundle, tmp_path, run_cli) -> None:
+    scenes = _scenes(geotiff_factory, 2)
+    result = run_cli("predict", *scenes, "--model", rgbn_bundle, "--out-dir", tmp_path / "out",
+                     "--split-mpx", 0)
+    assert result.exit_code == 1 and "--split-mpx 0.0 must be above 0" in result.stderr, result

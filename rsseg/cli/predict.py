@@ -54,6 +54,10 @@ def predict(
     cluster: str | None = typer.Option(None, help="Many scenes on Dask: local[:N] (N worker "
                                        "processes) or a scheduler address tcp://host:8786 "
                                        "[default: in this process]."),
+    split_mpx: float = typer.Option(64.0, help="--cluster: a scene of more megapixels is "
+                                    "split into row strips predicted on different workers and "
+                                    "assembled into one COG (scenes with optional outputs "
+                                    "stay whole)."),
     mosaic: Path | None = typer.Option(None, help="Also assemble the scenes' class rasters "
                                        "into this one COG (.tif) with the same sidecars."),
     crs: str | None = typer.Option(None, help="--mosaic: its CRS, e.g. EPSG:32618; scenes in "
@@ -118,7 +122,8 @@ def predict(
     if len(scenes) > 1 or is_collection(scenes[0]) or out_dir or cluster or mosaic or crs \
             or assets:
         predict_many(scenes, model, out, out_dir,
-                     BatchOptions(options, cluster, mosaic, crs, parse_assets(assets)))
+                     BatchOptions(options, cluster, mosaic, crs, parse_assets(assets),
+                                  split_mpx))
         return
     scene = scenes[0]
     if out is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -78,13 +79,28 @@ class SlidingWindowPredictor:
             probs.mul_(weight.to(probs.device))
         return probs.cpu().numpy()
 
-    def bands(self, scene: Scene) -> Iterator[RowBand]:
-        """Blended predictions of ``scene``, top to bottom, one finished band of rows at a time."""
+    def bands(self, scene: Scene, window_rows: range | None = None) -> Iterator[RowBand]:
+        """Blended predictions of ``scene``, top to bottom, one finished band of rows at a time.
+
+        With ``window_rows`` (indices into the layout's rows), only the rows those window rows
+        finish are yielded: a strip of the scene. The window rows above them that still touch
+        their rows (the halo) are predicted and blended first, in the same order as for the
+        whole scene, so a strip's bands equal the whole scene's bands of the same rows.
+        """
         lay = self.layout(scene)
+        first = 0 if window_rows is None else strip_start(lay, window_rows.start)
+        stop = len(lay.rows) if window_rows is None else window_rows.stop
+        keep = 0 if window_rows is None else window_rows.start
+        for band in self._blend(scene, lay, range(first, stop)):
+            if band.row >= lay.rows[keep]:
+                yield band
+
+    def _blend(self, scene: Scene, lay: Layout, rows: range) -> Iterator[RowBand]:
+        """The bands that window ``rows`` finish, blended from the first of them on."""
         acc = RowBandAccumulator(lay, self.classes)
         weight = torch.from_numpy(acc.weight)
         pending: list[tuple[int, np.ndarray]] = []  # finished rows not yet popped
-        for batch in prefetch(self._batches(scene, lay), self.prefetch):
+        for batch in prefetch(self._batches(scene, lay, rows), self.prefetch):
             probs = self.probabilities(batch.x, weight)
             pending += batch.finished
             for (i, col), window_probs in zip(batch.windows, probs, strict=True):
@@ -98,10 +114,11 @@ class SlidingWindowPredictor:
     def _pop(acc: RowBandAccumulator, lay: Layout, i: int, valid: np.ndarray) -> RowBand:
         return RowBand(lay.rows[i], acc.pop_rows(lay.finished_rows(i)), valid)
 
-    def _batches(self, scene: Scene, lay: Layout) -> Iterator[_Batch]:
-        """Normalised batches of windows in row-major order (runs in the prefetch thread)."""
+    def _batches(self, scene: Scene, lay: Layout, rows: range) -> Iterator[_Batch]:
+        """Normalised batches of the windows of window ``rows`` in row-major order (runs in the
+        prefetch thread)."""
         reader = RowBandReader(scene)
-        windows = [(i, col) for i in range(len(lay.rows)) for col in lay.cols]
+        windows = [(i, col) for i in rows for col in lay.cols]
         last_col = lay.cols[-1]
         for start in range(0, len(windows), self.batch_size):
             chunk = windows[start:start + self.batch_size]
@@ -121,3 +138,17 @@ class SlidingWindowPredictor:
                 x[~np.isfinite(x)] = 0
             np.copyto(x, np.float32(0), where=missing)
             yield _Batch(x, chunk, finished)
+
+
+def strip_start(lay: Layout, i: int) -> int:
+    """The first window row touching the rows window row ``i`` finishes (its halo above)."""
+    return next(j for j in range(i + 1) if lay.rows[j] + lay.win_h > lay.rows[i])
+
+
+def strips(lay: Layout, max_pixels: int) -> list[range]:
+    """The layout's window rows in contiguous groups finishing at most about ``max_pixels``
+    scene pixels each (at least one window row per group): the strips of a split scene."""
+    count = len(lay.rows)
+    wanted = max(1, min(count, -(-lay.height * lay.width // max(1, max_pixels))))
+    bounds = [round(k * count / wanted) for k in range(wanted + 1)]
+    return [range(a, b) for a, b in pairwise(bounds) if b > a]

@@ -5,7 +5,9 @@ items: :mod:`rsseg.io.stac`) become one job per scene writing ``OUT_DIR/NAME_pre
 its sidecars, and the optional outputs whose names hold ``{scene}``. A scene whose outputs are
 already complete is skipped (unless ``--overwrite``), so a rerun finishes an interrupted batch.
 Jobs run in this process or as tasks on a Dask cluster (:mod:`rsseg.distributed`); either way
-each process loads the model once (:func:`cached_bundle`). A scene that fails is recorded with
+each process loads the model once (:func:`cached_bundle`); on a cluster a scene larger than
+``--split-mpx`` goes as row strips (:func:`plan_strips`), assembled here into its class raster
+(:func:`assemble_strips`). A scene that fails is recorded with
 its one-line error and the others go on; an error of the flags themselves (a ConfigError) stops
 the batch. ``summary.csv`` and ``summary.json`` in ``OUT_DIR`` list every scene: status, size,
 seconds, Mpx/s, pixels per class, error. ``--mosaic`` assembles the class rasters into one
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from torch import nn
 
 from rsseg.classes import raster_classes
@@ -40,6 +43,7 @@ from rsseg.distributed import (
 )
 from rsseg.errors import ConfigError, InputError, OutputError, RssegError, UsageError
 from rsseg.grid import check_same_grid
+from rsseg.inference.sliding import strips
 from rsseg.io.atomic import check_output
 from rsseg.io.cache import cache_dir
 from rsseg.io.class_rasters import class_counts, parse_crs, without_crs, write_mosaic
@@ -49,9 +53,10 @@ from rsseg.io.publish import publishing
 from rsseg.io.qml import qml_path
 from rsseg.io.raster import open_scene
 from rsseg.io.stac import check_assets_used, ensure_vrt, stac_reader
+from rsseg.io.writer import class_raster_writer
 from rsseg.models.bundle import BundleMeta, load_bundle, read_meta
 from rsseg.pipelines.outputs import OutputOptions
-from rsseg.pipelines.predict import PredictOptions, predict_scene
+from rsseg.pipelines.predict import PredictOptions, predict_scene, predict_strip, scene_layout
 from rsseg.regularizers.multidomain import domain_bundle
 
 if TYPE_CHECKING:
@@ -73,6 +78,7 @@ class BatchOptions:
     mosaic: Path | None = None
     crs: str | None = None
     assets: tuple[str, ...] | None = None
+    split_mpx: float = 64.0  # on a cluster, a larger scene is predicted in strips
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,16 @@ class SceneJob:
     out: Path
     model: Path
     options: PredictOptions
+
+
+@dataclass(frozen=True)
+class StripJob:
+    """One strip of a scene split over the workers: the layout's ``window_rows`` of ``job``."""
+
+    job: SceneJob
+    window_rows: range
+    index: int  # 0 .. count - 1, top to bottom
+    count: int
 
 
 @dataclass(frozen=True)
@@ -130,6 +146,9 @@ def predict_batch(args: Sequence[str | Path], model: str | Path, out_dir: str | 
     scene is a ``failed`` result, not an exception.
     """
     spec = parse_cluster(options.cluster)
+    if not options.split_mpx > 0:
+        raise ConfigError(f"--split-mpx {options.split_mpx} must be above 0",
+                          "use e.g. --split-mpx 64")
     crs = _check_mosaic_flags(options)
     out_dir = _check_out_dir(Path(out_dir))
     model = Path(model)
@@ -161,7 +180,8 @@ def predict_batch(args: Sequence[str | Path], model: str | Path, out_dir: str | 
         notify(f"{len(results)} of {len(jobs)} scene(s) already predicted in {out_dir}, "
                "skipped (--overwrite redoes them)")
     try:
-        _run(todo, results, len(jobs), spec, progress, notify)
+        split = round(options.split_mpx * 1e6)
+        _run(todo, results, len(jobs), spec, progress, notify, meta, split)
     finally:
         ordered = tuple(results[j.out] for j in jobs if j.out in results)
         if ordered:
@@ -177,8 +197,10 @@ def predict_batch(args: Sequence[str | Path], model: str | Path, out_dir: str | 
 
 
 def _run(todo: Sequence[SceneJob], results: dict[Path, SceneResult], total: int,
-         spec: ClusterSpec | None, progress: Progress | None, notify: Notify | None) -> None:
-    """Predict ``todo`` in this process or on the cluster, adding to ``results`` as they come."""
+         spec: ClusterSpec | None, progress: Progress | None, notify: Notify | None,
+         meta: BundleMeta | None = None, split: int | None = None) -> None:
+    """Predict ``todo`` in this process or on the cluster, adding to ``results`` as they come;
+    on a cluster, a scene of more than ``split`` pixels goes as strips assembled here."""
     with connect(spec) if spec else nullcontext() as client:
         if client is not None and notify:
             link = dashboard(client)
@@ -187,11 +209,90 @@ def _run(todo: Sequence[SceneJob], results: dict[Path, SceneResult], total: int,
         for done, result in enumerate(results.values(), start=1):
             if progress:
                 progress(result, done, total)
-        for job, outcome in run_tasks(predict_job, todo, client):
-            results[job.out] = outcome if isinstance(outcome, SceneResult) else _failed(
-                job, f"the worker predicting it died ({_first_line(outcome)})")
+        tasks = plan_strips(todo, meta, split) if client is not None and meta else list(todo)
+        parts: dict[Path, dict[int, tuple[int, np.ndarray] | str]] = {}
+        start = time.perf_counter()
+        for task, outcome in run_tasks(predict_task, tasks, client):
+            if isinstance(task, StripJob):
+                job = task.job
+                done = parts.setdefault(job.out, {})
+                done[task.index] = outcome if isinstance(outcome, tuple | str) else (
+                    f"the worker predicting it died ({_first_line(outcome)})")
+                if len(done) < task.count:
+                    continue
+                results[job.out] = assemble_strips(job, [done[i] for i in range(task.count)],
+                                                   meta, time.perf_counter() - start)
+            else:
+                job = task
+                results[job.out] = outcome if isinstance(outcome, SceneResult) else _failed(
+                    job, f"the worker predicting it died ({_first_line(outcome)})")
             if progress:
                 progress(results[job.out], len(results), total)
+
+
+def plan_strips(jobs: Sequence[SceneJob], meta: BundleMeta, split: int | None
+                ) -> list[SceneJob | StripJob]:
+    """The tasks of ``jobs``: a scene of more than ``split`` pixels (and no optional outputs)
+    as strips of window rows (:func:`~rsseg.inference.sliding.strips`), others whole."""
+    tasks: list[SceneJob | StripJob] = []
+    for job in jobs:
+        pieces: list[range] = []
+        if split is not None and not job.options.outputs.paths:
+            try:
+                lay = scene_layout(ensure_vrt(job.scene), meta, job.options)
+            except (ConfigError, UsageError):
+                raise
+            except RssegError:  # the scene's own task reports it
+                lay = None
+            if lay is not None and lay.height * lay.width > split:
+                pieces = strips(lay, split)
+        if len(pieces) < 2:
+            tasks.append(job)
+            continue
+        tasks += [StripJob(job, rows, i, len(pieces)) for i, rows in enumerate(pieces)]
+    return tasks
+
+
+def predict_task(task: SceneJob | StripJob) -> SceneResult | tuple[int, np.ndarray] | str:
+    """A whole scene (:func:`predict_job`) or one strip: ``(first row, class ids)`` or its
+    one-line error (a ConfigError is raised: the flags are wrong for every scene)."""
+    if isinstance(task, SceneJob):
+        return predict_job(task)
+    job = task.job
+    options = replace(job.options, runtime=replace(
+        job.options.runtime, threads=worker_threads(job.options.runtime.threads)))
+    try:
+        return predict_strip(ensure_vrt(job.scene), job.model, options, task.window_rows,
+                             loader=cached_bundle)
+    except (ConfigError, UsageError):
+        raise
+    except RssegError as err:
+        return str(err)
+    except Exception as err:
+        return f"{type(err).__name__}: {_first_line(err)}"
+
+
+def assemble_strips(job: SceneJob, parts: Sequence[tuple[int, np.ndarray] | str],
+                    meta: BundleMeta, seconds: float) -> SceneResult:
+    """The strips' class ids, top to bottom, written as the scene's class raster (COG and
+    sidecars, as :func:`predict_scene` writes them); the first strip's error fails the scene."""
+    error = next((p for p in parts if isinstance(p, str)), None)
+    if error is not None:
+        return _failed(job, error)
+    try:
+        with open_scene(ensure_vrt(job.scene), nodata=job.options.nodata) as src:
+            info = src.info
+        check_output(job.out, job.options.overwrite, file=True)
+        with publishing() as pub, class_raster_writer(
+                job.out, info, meta.class_table(), meta.nodata_id, job.options.overwrite,
+                pub) as writer:
+            for row, ids in parts:
+                writer.write(row, ids)
+        pixels = _names(class_counts(job.out, meta.nodata_id).pixels, meta)
+    except RssegError as err:
+        return _failed(job, str(err))
+    return SceneResult(job.scene.label, job.out, "ok", info.width, info.height, seconds,
+                       pixels, "", tuple(pub.outputs))
 
 
 def plan_jobs(scenes: Sequence[SceneInput], out_dir: Path, model: Path,

@@ -42,7 +42,7 @@ from rsseg.pipelines.outputs import OutputOptions, check_outputs, extra_outputs
 from rsseg.pipelines.radiometry import check_radiometry
 from rsseg.pipelines.vectorize import VectorSummary
 from rsseg.regularizers.multidomain import domain_bundle
-from rsseg.tiling.blend import layout
+from rsseg.tiling.blend import Layout, layout
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(pixels_done, pixels_total)`` after each finished band of rows."""
@@ -134,6 +134,46 @@ def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
         seconds = time.perf_counter() - start
     return PredictSummary(out, info.width, info.height, lay.count, seconds, tuple(pub.outputs),
                           extras.vector_summary, batch_size)
+
+
+def predict_strip(scene: str | Path, model: str | Path, options: PredictOptions,
+                  window_rows: range,
+                  loader: Callable[[Path], tuple[nn.Module, BundleMeta]] = load_bundle
+                  ) -> tuple[int, np.ndarray]:
+    """``(first row, (h, W) uint8 class ids)`` of the rows that the layout's ``window_rows``
+    finish (:func:`~rsseg.inference.sliding.strips`): one strip of a scene split over
+    workers, equal to the same rows of :func:`predict_scene`'s class raster."""
+    model = domain_bundle(model, options.domain)
+    net, meta = loader(model)
+    tile = meta.tile if options.tile is None else options.tile
+    overlap = meta.overlap if options.overlap is None else options.overlap
+    multiple = required_multiple(meta.model)
+    _check_options(tile, overlap, options.batch_size, multiple, meta)
+    device = resolve_device(options.device)
+    check_runtime(options.runtime, device)
+    with torch_threads(options.runtime.threads), open_scene(scene, nodata=options.nodata) as src:
+        src = _in_model_band_order(src, meta, Path(model))
+        lay = layout(src.info.height, src.info.width, tile, overlap, multiple)
+        runner = build_runner(net, meta, Path(model), device, options.runtime,
+                              (lay.win_h, lay.win_w))
+        batch_size = options.batch_size or auto_batch_size(
+            runner, device, (len(meta.bands), lay.win_h, lay.win_w), lay.count)
+        predictor = SlidingWindowPredictor(runner, meta.normalise, meta.model.classes, tile,
+                                           overlap, multiple, batch_size)
+        class_ids = np.asarray(meta.class_table().ids, dtype=np.uint8)
+        parts = [class_raster(band, class_ids, meta.nodata_id)
+                 for band in predictor.bands(src, window_rows)]
+    return lay.rows[window_rows.start], np.concatenate(parts, axis=0)
+
+
+def scene_layout(scene: str | Path, meta: BundleMeta, options: PredictOptions) -> Layout:
+    """The window layout :func:`predict_scene` uses for ``scene`` (its header only)."""
+    tile = meta.tile if options.tile is None else options.tile
+    overlap = meta.overlap if options.overlap is None else options.overlap
+    multiple = required_multiple(meta.model)
+    _check_options(tile, overlap, options.batch_size, multiple, meta)
+    with open_scene(scene, nodata=options.nodata) as src:
+        return layout(src.info.height, src.info.width, tile, overlap, multiple)
 
 
 def class_raster(band: RowBand, class_ids: np.ndarray, nodata_id: int) -> np.ndarray:
