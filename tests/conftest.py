@@ -139,3 +139,25 @@ def rgbn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
                  {"id": 2, "name": "field", "color": (255, 255, 0)},
                  {"id": 5, "name": "forest", "color": (0, 128, 0)}])
     return save_bundle(tmp_path_factory.mktemp("bundle") / "rgbn.rsseg", net, meta)
+
+
+@pytest.fixture(scope="module")
+def load_tool() -> Iterator[Callable[[str], object]]:
+    """``load(name)`` imports ``tools/NAME.py`` as module ``NAME`` (registered in sys.modules
+    while the test module runs: dataclasses look their module up)."""
+    import importlib.util
+
+    loaded: list[str] = []
+
+    def load(name: str) -> object:
+        path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        loaded.append(name)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    for name in loaded:
+        sys.modules.pop(name, None)

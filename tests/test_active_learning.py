@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "active_learning.py"
-
 
 @pytest.fixture(scope="module")
-def al():
-    spec = importlib.util.spec_from_file_location("active_learning", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["active_learning"] = module  # (dataclasses look their module up)
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("active_learning", None)
+def al(load_tool):
+    return load_tool("active_learning")
 
 
 def test_tiny_study_runs_every_arm_and_resumes(al, tmp_path: Path, one_thread: None,

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "compare_methods.py"
-
 
 @pytest.fixture(scope="module")
-def cm():
-    spec = importlib.util.spec_from_file_location("compare_methods", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["compare_methods"] = module  # (dataclasses look their module up)
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("compare_methods", None)
+def cm(load_tool):
+    return load_tool("compare_methods")
 
 
 def scores(kappa: float) -> dict:

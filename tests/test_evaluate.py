@@ -158,14 +158,10 @@ def test_nc_dense_map_against_itself_and_the_sparse_pixels(shared_data, run_cli)
     assert doc["excluded"] == 2872
 
 
-def test_partial_nodata_tool_scores_partial_and_complete_pixels_apart(geotiff_factory) -> None:
+def test_partial_nodata_tool_scores_partial_and_complete_pixels_apart(geotiff_factory,
+                                                                      load_tool) -> None:
     """tools/eval_partial_nodata.py: pixels missing one band vs complete ones, test area only."""
-    import importlib.util
-
-    tool = Path(__file__).resolve().parents[1] / "tools" / "eval_partial_nodata.py"
-    spec = importlib.util.spec_from_file_location("eval_partial_nodata", tool)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("eval_partial_nodata")
     pixels = np.full((2, 4, 6), 9, dtype=np.uint8)
     pixels[1, :, :2] = 0  # band 2 missing in the first two columns
     pixels[:, 0, :] = 0  # row 0: nodata in every band

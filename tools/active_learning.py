@@ -16,7 +16,7 @@ from the same initialisation (random init with the seed, or ``--init RUN``'s bac
 answer so far. A point whose reference has no class (nodata, Dubai's unlabelled 255) costs its
 place in the budget and gives no label, for every arm alike.
 
-Figure to reach (issue 14): hybrid reaches the mIoU random points reach at ``max`` with at most
+Figure to reach: hybrid reaches the mIoU random points reach at ``max`` with at most
 half as many points. ``OUT.md`` says whether it does, per dataset, and shows what may limit it:
 the points without an answer and the classes collected per arm.
 

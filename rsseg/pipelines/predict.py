@@ -95,10 +95,8 @@ def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
     out = check_output(out, options.overwrite, file=True)
     model = domain_bundle(model, options.domain)  # --domain NAME (multidomain runs)
     net, meta = loader(model)
-    tile = meta.tile if options.tile is None else options.tile
-    overlap = meta.overlap if options.overlap is None else options.overlap
-    multiple = required_multiple(meta.model)
-    _check_options(tile, overlap, options.batch_size, multiple, meta)
+    tile, overlap, multiple = resolve_windows(meta, options.tile, options.overlap,
+                                             options.batch_size)
     check_outputs(options.outputs, out, Path(scene), meta, options.overwrite)
     device = resolve_device(options.device)
     check_runtime(options.runtime, device)
@@ -145,10 +143,8 @@ def predict_strip(scene: str | Path, model: str | Path, options: PredictOptions,
     workers, equal to the same rows of :func:`predict_scene`'s class raster."""
     model = domain_bundle(model, options.domain)
     net, meta = loader(model)
-    tile = meta.tile if options.tile is None else options.tile
-    overlap = meta.overlap if options.overlap is None else options.overlap
-    multiple = required_multiple(meta.model)
-    _check_options(tile, overlap, options.batch_size, multiple, meta)
+    tile, overlap, multiple = resolve_windows(meta, options.tile, options.overlap,
+                                             options.batch_size)
     device = resolve_device(options.device)
     check_runtime(options.runtime, device)
     with torch_threads(options.runtime.threads), open_scene(scene, nodata=options.nodata) as src:
@@ -166,12 +162,21 @@ def predict_strip(scene: str | Path, model: str | Path, options: PredictOptions,
     return lay.rows[window_rows.start], np.concatenate(parts, axis=0)
 
 
+def resolve_windows(meta: BundleMeta, tile: int | None, overlap: int | None,
+                    batch_size: int | None) -> tuple[int, int, int]:
+    """Window side and overlap (the bundle's unless given) and the model's required multiple,
+    checked (one-line error for bad values)."""
+    tile = meta.tile if tile is None else tile
+    overlap = meta.overlap if overlap is None else overlap
+    multiple = required_multiple(meta.model)
+    _check_options(tile, overlap, batch_size, multiple, meta)
+    return tile, overlap, multiple
+
+
 def scene_layout(scene: str | Path, meta: BundleMeta, options: PredictOptions) -> Layout:
     """The window layout :func:`predict_scene` uses for ``scene`` (its header only)."""
-    tile = meta.tile if options.tile is None else options.tile
-    overlap = meta.overlap if options.overlap is None else options.overlap
-    multiple = required_multiple(meta.model)
-    _check_options(tile, overlap, options.batch_size, multiple, meta)
+    tile, overlap, multiple = resolve_windows(meta, options.tile, options.overlap,
+                                             options.batch_size)
     with open_scene(scene, nodata=options.nodata) as src:
         return layout(src.info.height, src.info.width, tile, overlap, multiple)
 

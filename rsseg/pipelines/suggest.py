@@ -55,8 +55,7 @@ from rsseg.io.writer import bounded_gdal_cache
 from rsseg.labels import VECTOR_SUFFIXES, read_label_raster
 from rsseg.models import parts
 from rsseg.models.bundle import BundleMeta, load_bundle, read_meta
-from rsseg.models.factory import required_multiple
-from rsseg.pipelines.predict import _check_options, _in_model_band_order
+from rsseg.pipelines.predict import _in_model_band_order, resolve_windows
 from rsseg.pipelines.radiometry import check_radiometry
 from rsseg.regularizers.base import capture
 from rsseg.sampling import (
@@ -158,10 +157,8 @@ def suggest_points(scenes: Sequence[str | Path], model: str | Path,
     check_suggest_options(options)
     model = Path(model)
     net, meta = load_bundle(model)
-    tile = meta.tile if options.tile is None else options.tile
-    overlap = meta.overlap if options.overlap is None else options.overlap
-    multiple = required_multiple(meta.model)
-    _check_options(tile, overlap, options.batch_size, multiple, meta)
+    tile, overlap, multiple = resolve_windows(meta, options.tile, options.overlap,
+                                             options.batch_size)
     device = resolve_device(options.device)
     net = net.to(device)
     by_uncertainty = options.strategy in ("uncertainty", "hybrid")
