@@ -16,15 +16,10 @@ seconds, Mpx/s, pixels per class, error. ``--mosaic`` assembles the class raster
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,15 +28,8 @@ import numpy as np
 from torch import nn
 
 from rsseg.classes import raster_classes
-from rsseg.distributed import (
-    ClusterSpec,
-    connect,
-    dashboard,
-    parse_cluster,
-    run_tasks,
-    worker_threads,
-)
-from rsseg.errors import ConfigError, InputError, OutputError, RssegError, UsageError
+from rsseg.distributed import ClusterSpec, parse_cluster, run_tasks, worker_threads
+from rsseg.errors import ConfigError, InputError, RssegError, UsageError
 from rsseg.grid import check_same_grid
 from rsseg.inference.sliding import strips
 from rsseg.io.atomic import check_output
@@ -55,6 +43,17 @@ from rsseg.io.raster import open_scene
 from rsseg.io.stac import check_assets_used, ensure_vrt, stac_reader
 from rsseg.io.writer import class_raster_writer
 from rsseg.models.bundle import BundleMeta, load_bundle, read_meta
+from rsseg.pipelines.jobs import (
+    BatchSummary,
+    JobResult,
+    Notify,
+    check_out_dir,
+    cluster_session,
+    first_line,
+    output_names,
+    refuse_shared_outputs,
+    write_summary_files,
+)
 from rsseg.pipelines.outputs import OutputOptions
 from rsseg.pipelines.predict import PredictOptions, predict_scene, predict_strip, scene_layout
 from rsseg.regularizers.multidomain import domain_bundle
@@ -63,8 +62,6 @@ if TYPE_CHECKING:
     from rasterio.crs import CRS
 
 SUFFIX = "_pred.tif"
-SUMMARY_CSV = "summary.csv"
-SUMMARY_JSON = "summary.json"
 _TEMPLATED = ("confidence", "probs", "vector", "preview")
 
 
@@ -102,37 +99,13 @@ class StripJob:
 
 
 @dataclass(frozen=True)
-class SceneResult:
-    """One row of the summary; ``status`` is ok, skipped (complete already) or failed."""
+class SceneResult(JobResult):
+    """A scene's row of the summary, with its pixels per class and the files written."""
 
-    scene: str  # the scene's file, or its STAC document and item id
-    out: Path
-    status: str
-    width: int = 0
-    height: int = 0
-    seconds: float = 0.0
     pixels: dict[str, int] = field(default_factory=dict)  # class name → pixels (no nodata)
-    error: str = ""
     outputs: tuple[Path, ...] = ()
 
-    @property
-    def mpx_per_s(self) -> float:
-        return self.width * self.height / 1e6 / self.seconds if self.seconds else 0.0
 
-
-@dataclass(frozen=True)
-class BatchSummary:
-    out_dir: Path
-    results: tuple[SceneResult, ...]
-    seconds: float
-    mosaic: Path | None = None  # written or complete
-
-    def count(self, status: str) -> int:
-        return sum(r.status == status for r in self.results)
-
-
-Notify = Callable[[str], None]
-"""Called with one line for the user (the dashboard address, skipped scenes)."""
 Progress = Callable[[SceneResult, int, int], None]
 """Called as ``progress(result, scenes_done, scenes_total)`` after each scene."""
 
@@ -150,7 +123,7 @@ def predict_batch(args: Sequence[str | Path], model: str | Path, out_dir: str | 
         raise ConfigError(f"--split-mpx {options.split_mpx} must be above 0",
                           "use e.g. --split-mpx 64")
     crs = _check_mosaic_flags(options)
-    out_dir = _check_out_dir(Path(out_dir))
+    out_dir = check_out_dir(Path(out_dir))
     model = Path(model)
     meta = read_meta(domain_bundle(model, options.predict.domain))
     bands = [b.name for b in meta.bands]
@@ -201,11 +174,7 @@ def _run(todo: Sequence[SceneJob], results: dict[Path, SceneResult], total: int,
          meta: BundleMeta | None = None, split: int | None = None) -> None:
     """Predict ``todo`` in this process or on the cluster, adding to ``results`` as they come;
     on a cluster, a scene of more than ``split`` pixels goes as strips assembled here."""
-    with connect(spec) if spec else nullcontext() as client:
-        if client is not None and notify:
-            link = dashboard(client)
-            workers = len(client.scheduler_info().get("workers", {}))
-            notify(f"Dask cluster: {workers} worker(s)" + (f", dashboard {link}" if link else ""))
+    with cluster_session(spec, notify) as client:
         for done, result in enumerate(results.values(), start=1):
             if progress:
                 progress(result, done, total)
@@ -217,7 +186,7 @@ def _run(todo: Sequence[SceneJob], results: dict[Path, SceneResult], total: int,
                 job = task.job
                 done = parts.setdefault(job.out, {})
                 done[task.index] = outcome if isinstance(outcome, tuple | str) else (
-                    f"the worker predicting it died ({_first_line(outcome)})")
+                    f"the worker predicting it died ({first_line(outcome)})")
                 if len(done) < task.count:
                     continue
                 results[job.out] = assemble_strips(job, [done[i] for i in range(task.count)],
@@ -225,7 +194,7 @@ def _run(todo: Sequence[SceneJob], results: dict[Path, SceneResult], total: int,
             else:
                 job = task
                 results[job.out] = outcome if isinstance(outcome, SceneResult) else _failed(
-                    job, f"the worker predicting it died ({_first_line(outcome)})")
+                    job, f"the worker predicting it died ({first_line(outcome)})")
             if progress:
                 progress(results[job.out], len(results), total)
 
@@ -269,7 +238,7 @@ def predict_task(task: SceneJob | StripJob) -> SceneResult | tuple[int, np.ndarr
     except RssegError as err:
         return str(err)
     except Exception as err:
-        return f"{type(err).__name__}: {_first_line(err)}"
+        return f"{type(err).__name__}: {first_line(err)}"
 
 
 def assemble_strips(job: SceneJob, parts: Sequence[tuple[int, np.ndarray] | str],
@@ -292,7 +261,7 @@ def assemble_strips(job: SceneJob, parts: Sequence[tuple[int, np.ndarray] | str]
     except RssegError as err:
         return _failed(job, str(err))
     return SceneResult(job.scene.label, job.out, "ok", info.width, info.height, seconds,
-                       pixels, "", tuple(pub.outputs))
+                       pixels=pixels, outputs=tuple(pub.outputs))
 
 
 def plan_jobs(scenes: Sequence[SceneInput], out_dir: Path, model: Path,
@@ -301,12 +270,8 @@ def plan_jobs(scenes: Sequence[SceneInput], out_dir: Path, model: Path,
     is prefixed where two scenes share a name). Inputs that are outputs of this batch (a rerun
     into the input folder, or the ``mosaic``) are left out, with a warning."""
     _check_templates(options.outputs, len(scenes))
-    names = [s.name for s in scenes]
-    clashes = {n for n in names if names.count(n) > 1}
     jobs = []
-    for scene in scenes:
-        folder = scene.path.resolve().parent.name
-        name = f"{folder}_{scene.name}" if scene.name in clashes else scene.name
+    for scene, name in zip(scenes, output_names(scenes), strict=True):
         outputs = OutputOptions(**{
             **{f: getattr(options.outputs, f) for f in ("min_area", "simplify", "preview_bands")},
             **{f: _scene_path(getattr(options.outputs, f), name, out_dir) for f in _TEMPLATED}})
@@ -318,12 +283,7 @@ def plan_jobs(scenes: Sequence[SceneInput], out_dir: Path, model: Path,
     if len(kept) < len(jobs):
         warnings.warn(f"{len(jobs) - len(kept)} input(s) are outputs of this batch in "
                       f"{out_dir}, left out", UserWarning, stacklevel=2)
-    outs = [j.out for j in kept]
-    twice = next((o for o in outs if outs.count(o) > 1), None)
-    if twice is not None:
-        same = [j.scene.label for j in kept if j.out == twice]
-        raise UsageError(f"scenes {' and '.join(same)} would both be written to {twice}",
-                         "rename one or predict them into different --out-dir")
+    refuse_shared_outputs([(j.scene.label, j.out) for j in kept], "predict")
     return kept
 
 
@@ -338,13 +298,13 @@ def predict_job(job: SceneJob) -> SceneResult:
         meta = cached_bundle(domain_bundle(job.model, job.options.domain))[1]
         pixels = _names(class_counts(job.out, meta.nodata_id).pixels, meta)
         return SceneResult(job.scene.label, job.out, "ok", summary.width, summary.height,
-                           summary.seconds, pixels, "", tuple(summary.outputs))
+                           summary.seconds, pixels=pixels, outputs=tuple(summary.outputs))
     except (ConfigError, UsageError):
         raise  # the flags are wrong for every scene
     except RssegError as err:
         return _failed(job, str(err))
     except Exception as err:  # a batch reports a scene's failure and goes on
-        return _failed(job, f"{type(err).__name__}: {_first_line(err)}")
+        return _failed(job, f"{type(err).__name__}: {first_line(err)}")
 
 
 _BUNDLES: dict[tuple[str, int, int], tuple[nn.Module, BundleMeta]] = {}
@@ -365,28 +325,12 @@ def cached_bundle(path: Path) -> tuple[nn.Module, BundleMeta]:
 def write_summary(out_dir: Path, results: Sequence[SceneResult], meta: BundleMeta) -> None:
     """``summary.csv`` (one column per class) and ``summary.json``, replaced atomically."""
     names = list(meta.class_table().names)
-    rows = [_row(r) for r in results]
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow([*rows[0]] + [f"pixels {n}" for n in names])
-    for row, result in zip(rows, results, strict=True):
-        writer.writerow([*row.values()] + [result.pixels.get(n, 0) for n in names])
-    report = {"scenes": len(rows), **{s: sum(r["status"] == s for r in rows)
-                                      for s in ("ok", "skipped", "failed")},
-              "classes": names,
-              "results": [{**row, "pixels": r.pixels} for row, r in zip(rows, results,
-                                                                         strict=True)]}
-    with publishing() as pub:
-        pub.stage(out_dir / SUMMARY_CSV, overwrite=True).write_text(text.getvalue())
-        pub.stage(out_dir / SUMMARY_JSON, overwrite=True).write_text(
-            json.dumps(report, indent=1) + "\n")
-
-
-def _row(r: SceneResult) -> dict[str, object]:
-    size = r.out.stat().st_size if r.status != "failed" and r.out.is_file() else 0
-    return {"scene": r.scene, "output": str(r.out), "status": r.status, "width": r.width,
-            "height": r.height, "bytes": size, "seconds": round(r.seconds, 3),
-            "mpx_per_s": round(r.mpx_per_s, 4), "error": r.error}
+    rows = [r.row() for r in results]
+    table = [{**row, **{f"pixels {n}": r.pixels.get(n, 0) for n in names}}
+             for row, r in zip(rows, results, strict=True)]
+    write_summary_files(out_dir, table, [{**row, "pixels": r.pixels}
+                                         for row, r in zip(rows, results, strict=True)],
+                        classes=names)
 
 
 def _check_mosaic_flags(options: BatchOptions) -> CRS | None:
@@ -421,14 +365,6 @@ def _mosaic_complete(mosaic: Path, rasters: Sequence[Path]) -> bool:
     return mosaic.stat().st_mtime_ns >= max(r.stat().st_mtime_ns for r in rasters)
 
 
-def _check_out_dir(out_dir: Path) -> Path:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"--out-dir {out_dir} is a file", "give a folder (new or existing)")
-    if out_dir.is_dir() and not os.access(out_dir, os.W_OK):
-        raise OutputError(f"--out-dir {out_dir} is not writable", "choose another --out-dir")
-    return out_dir
-
-
 def _check_templates(outputs: OutputOptions, scenes: int) -> None:
     for flag, path in outputs.paths.items():
         if "{scene}" not in str(path):
@@ -457,8 +393,3 @@ def _skipped(job: SceneJob, meta: BundleMeta) -> SceneResult:
 
 def _failed(job: SceneJob, error: str) -> SceneResult:
     return SceneResult(job.scene.label, job.out, "failed", error=error)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else ""

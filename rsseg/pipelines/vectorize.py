@@ -6,13 +6,21 @@ merged back, so the polygons equal those of polygonizing the whole raster at onc
 gets ``class_id``, ``class_name``, ``pixels`` (its area in pixels) and ``area_m2`` (equal-area
 when the CRS is geographic); ``--min-area`` drops smaller polygons, ``--simplify`` then
 simplifies each (Douglas-Peucker in CRS units, topology of each polygon preserved).
+
+Many class rasters (files, folders, patterns, lists: :mod:`rsseg.io.inputs`) go through
+:func:`vectorize_batch`: one polygon file per raster in an output folder, in this process or as
+tasks on a Dask cluster (``--cluster``, :mod:`rsseg.distributed`), with the summary files, the
+names and the resume rule of ``predict``'s batches (:mod:`rsseg.pipelines.jobs`): a polygon file
+newer than its raster is complete (written atomically) and skipped; an older one is a failure
+until ``--overwrite`` redoes it.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +28,24 @@ import shapely
 from rasterio.windows import Window
 
 from rsseg.classes import ClassTable, raster_classes
-from rsseg.errors import ConfigError
+from rsseg.distributed import parse_cluster, run_tasks
+from rsseg.errors import ConfigError, RssegError
 from rsseg.io.atomic import check_output
+from rsseg.io.inputs import SceneInput, expand_scenes
 from rsseg.io.polygons import equal_area, to_crs_coordinates, vector_driver, write_polygons
 from rsseg.io.publish import Publication, publishing
 from rsseg.io.raster import SceneInfo, open_scene
+from rsseg.pipelines.jobs import (
+    BatchSummary,
+    JobResult,
+    Notify,
+    check_out_dir,
+    cluster_session,
+    first_line,
+    output_names,
+    refuse_shared_outputs,
+    write_summary_files,
+)
 from rsseg.polygons import BandPolygonizer
 
 READ_ROWS = 512  # rows per read of a class raster (one block row of rsseg's COGs)
@@ -45,6 +66,8 @@ class VectorSummary:
     polygons: int  # written, after --min-area
     dropped: int  # smaller than --min-area
     seconds: float  # polygonizing, merging, attributes and writing
+    width: int = 0  # of the class raster
+    height: int = 0
 
 
 def check_vector_options(out: str | Path, options: VectorOptions, flag: str = "--vector") -> str:
@@ -104,7 +127,8 @@ class VectorSink:
                    "area_m2": area.astype(np.float64)}
         write_polygons(self.staged, geoms, columns, self.info.crs, self.driver, self.out.stem)
         self.seconds += time.perf_counter() - start
-        return VectorSummary(self.out, int(keep.sum()), int((~keep).sum()), self.seconds)
+        return VectorSummary(self.out, int(keep.sum()), int((~keep).sum()), self.seconds,
+                             self.info.width, self.info.height)
 
 
 def vectorize_raster(raster: str | Path, out: str | Path,
@@ -133,3 +157,100 @@ def vectorize_raster(raster: str | Path, out: str | Path,
                 sink.add(row, band)
             summary = sink.finish()
     return summary
+
+
+@dataclass(frozen=True)
+class VectorJob:
+    """One class raster's polygons: picklable for Dask workers."""
+
+    scene: SceneInput
+    out: Path
+    options: VectorOptions
+
+
+@dataclass(frozen=True)
+class VectorResult(JobResult):
+    """A raster's row of the summary (``polygons``/``dropped`` unknown for a skipped one)."""
+
+    polygons: int | None = None
+    dropped: int | None = None
+
+    def row(self) -> dict[str, object]:
+        return {**super().row(), "polygons": self.polygons, "dropped": self.dropped}
+
+
+Progress = Callable[[VectorResult, int, int], None]
+"""Called as ``progress(result, rasters_done, rasters_total)`` after each raster."""
+
+
+def vectorize_batch(args: Sequence[str | Path], out_dir: str | Path,
+                    options: VectorOptions = VectorOptions(), fmt: str = "gpkg",
+                    cluster: str | None = None, progress: Progress | None = None,
+                    notify: Notify | None = None) -> BatchSummary:
+    """Polygons of every class raster ``args`` name into ``out_dir/NAME.fmt``, with
+    ``summary.csv``/``summary.json``; see the module docstring.
+
+    Bad flags, inputs or output folder raise one-line errors before any raster is read; a
+    raster that fails is a ``failed`` result, not an exception.
+    """
+    spec = parse_cluster(cluster)
+    out_dir = check_out_dir(Path(out_dir))
+    check_vector_options(out_dir / f"{{scene}}.{fmt}", replace(options, overwrite=True),
+                         "--format")
+    scenes = expand_scenes(args)
+    jobs = [VectorJob(scene, out_dir / f"{name}.{fmt}", options)
+            for scene, name in zip(scenes, output_names(scenes), strict=True)]
+    refuse_shared_outputs([(j.scene.label, j.out) for j in jobs], "vectorize")
+    start = time.perf_counter()
+    results = {j.out: _existing(j) for j in jobs if j.out.exists() and not options.overwrite}
+    todo = [j for j in jobs if j.out not in results]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    skipped = sum(r.status == "skipped" for r in results.values())
+    if notify and skipped:
+        notify(f"{skipped} of {len(jobs)} raster(s) already vectorized in {out_dir}, "
+               "skipped (--overwrite redoes them)")
+    try:
+        with cluster_session(spec, notify) as client:
+            for done, result in enumerate(results.values(), start=1):
+                if progress:
+                    progress(result, done, len(jobs))
+            for job, outcome in run_tasks(vectorize_job, todo, client):
+                results[job.out] = outcome if isinstance(outcome, VectorResult) else _failed(
+                    job, f"the worker vectorizing it died ({first_line(outcome)})")
+                if progress:
+                    progress(results[job.out], len(results), len(jobs))
+    finally:
+        ordered = tuple(results[j.out] for j in jobs if j.out in results)
+        if ordered:
+            rows = [r.row() for r in ordered]
+            write_summary_files(out_dir, rows, rows)
+    return BatchSummary(out_dir, ordered, time.perf_counter() - start)
+
+
+def vectorize_job(job: VectorJob) -> VectorResult:
+    """One raster's polygons (in this process or on a Dask worker); every error becomes a
+    ``failed`` result (the flags were checked before any job)."""
+    start = time.perf_counter()
+    try:
+        summary = vectorize_raster(job.scene.path, job.out, job.options)
+    except RssegError as err:
+        return _failed(job, str(err))
+    except Exception as err:  # a batch reports a raster's failure and goes on
+        return _failed(job, f"{type(err).__name__}: {first_line(err)}")
+    return VectorResult(job.scene.label, job.out, "ok", summary.width, summary.height,
+                        time.perf_counter() - start, polygons=summary.polygons,
+                        dropped=summary.dropped)
+
+
+def _existing(job: VectorJob) -> VectorResult:
+    """An output that exists: complete when newer than its raster, else stale."""
+    if not job.out.is_file():
+        return _failed(job, f"{job.out} is a folder (move it, or choose another --out-dir)")
+    if job.out.stat().st_mtime_ns >= job.scene.path.stat().st_mtime_ns:
+        return VectorResult(job.scene.label, job.out, "skipped")
+    return _failed(job, f"{job.out} exists and is older than {job.scene.path} (pass "
+                        "--overwrite to redo it)")
+
+
+def _failed(job: VectorJob, error: str) -> VectorResult:
+    return VectorResult(job.scene.label, job.out, "failed", error=error)
