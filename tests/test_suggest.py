@@ -217,6 +217,8 @@ def _bad_inputs(tmp_path: Path, geotiff_factory, scene: Path) -> dict[str, tuple
         "not a geopackage": (["--out", tmp_path / "points.shp"], "name it .gpkg"),
         "too many apart": (["--n", 200, "--min-distance", 100],
                            "points fit at least 100 CRS units apart"),
+        "cluster local:0": (["--cluster", "local:0"], "local workers must be at least 1"),
+        "cluster nonsense": (["--cluster", "sge"], "neither local[:N] nor a scheduler"),
     }
 
 
@@ -224,7 +226,7 @@ def _bad_inputs(tmp_path: Path, geotiff_factory, scene: Path) -> dict[str, tuple
                                   "band mismatch", "label not a class id",
                                   "label of the wrong type", "label raster on another grid",
                                   "no such column", "column clash", "not a geopackage",
-                                  "too many apart"])
+                                  "too many apart", "cluster local:0", "cluster nonsense"])
 def test_bad_input_is_one_line(case: str, scene: Path, rgbn_bundle: Path, tmp_path: Path,
                                geotiff_factory, run_cli) -> None:
     args, message = _bad_inputs(tmp_path, geotiff_factory, scene)[case]

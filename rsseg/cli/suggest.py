@@ -53,6 +53,10 @@ def suggest(
                                           "CPU, what fits the card on a GPU]."),
     nodata: float | None = typer.Option(None, help="Nodata value, overriding the scene's."),
     device: Device = typer.Option(Device.auto, help="Where the model runs."),
+    cluster: str | None = typer.Option(None, help="Many scenes on Dask: local[:N] (N worker "
+                                       "processes) or a scheduler address tcp://host:8786; each "
+                                       "scene's pass runs on a worker, the ranking here "
+                                       "[default: in this process]."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
 ) -> None:
     """Suggest the points worth labelling next: uncertain, diverse, spread over the classes.
@@ -67,8 +71,8 @@ def suggest(
                              min_distance=min_distance, labels=tuple(labels),
                              label_column=label_column, seed=seed, tile=tile, overlap=overlap,
                              batch_size=batch_size, nodata=nodata, device=device.value,
-                             overwrite=overwrite)
-    summary = run_suggest(scenes, model, out, options)
+                             overwrite=overwrite, cluster=cluster)
+    summary = run_suggest(scenes, model, out, options, notify=typer.echo)
     spread = ", ".join(f"{count} {name}" for name, count in sorted(summary.per_class.items()))
     typer.echo(f"Wrote {summary.out} and {summary.style.name}: {summary.points} points "
                f"({spread}) of {summary.eligible} candidate pixels in {summary.scenes} "

@@ -14,6 +14,13 @@ only the windows that hold them, and :func:`rsseg.sampling.select` picks N.
 Memory: one band of rows, the pool (:data:`POOL_PER_POINT` × N per class), and one scene's
 labelled mask when ``--labels`` is given. The points go to a GeoPackage with a ``.qml`` beside it
 (:mod:`rsseg.io.suggestions`), both published atomically.
+
+Many scenes: each scene's pass (:func:`scan_scene`) and its feature pass (:func:`scene_features`)
+are tasks (:class:`SceneTask`), run in this process or, with ``--cluster``, on Dask workers
+(:mod:`rsseg.distributed`; each process loads the model once). The ranking is global: the
+submitting process joins the scenes' candidate pools (the best of each scene's pool are the best
+of the whole pool) and makes the one diverse selection, so the points are those of a run without
+a cluster.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +42,10 @@ from rasterio.windows import Window
 from torch import nn
 
 from rsseg.classes import IGNORE, ClassTable
+from rsseg.distributed import connect, parse_cluster, run_tasks, worker_threads
 from rsseg.errors import ConfigError, InputError
 from rsseg.inference.device import resolve_device
-from rsseg.inference.runtime import RuntimeOptions, auto_batch_size, build_runner
+from rsseg.inference.runtime import RuntimeOptions, auto_batch_size, build_runner, torch_threads
 from rsseg.inference.sliding import SlidingWindowPredictor
 from rsseg.io.atomic import check_output
 from rsseg.io.inputs import expand_scenes
@@ -54,7 +64,8 @@ from rsseg.io.vector import burn_feature_index, intersects_scene, read_vector
 from rsseg.io.writer import bounded_gdal_cache
 from rsseg.labels import VECTOR_SUFFIXES, read_label_raster
 from rsseg.models import parts
-from rsseg.models.bundle import BundleMeta, load_bundle, read_meta
+from rsseg.models.bundle import BundleMeta, read_meta
+from rsseg.pipelines.batch import cached_bundle
 from rsseg.pipelines.predict import _in_model_band_order, resolve_windows
 from rsseg.pipelines.radiometry import check_radiometry
 from rsseg.regularizers.base import capture
@@ -101,6 +112,8 @@ class SuggestOptions:
     nodata: float | None = None
     device: str = "auto"
     overwrite: bool = False
+    cluster: str | None = None  # local[:N] or a scheduler address: scenes as Dask tasks
+    threads: int | None = None  # model threads per process (set for a cluster's workers)
 
 
 @dataclass(frozen=True)
@@ -143,65 +156,118 @@ def check_suggest_options(options: SuggestOptions) -> None:
                           "use e.g. --min-distance 100 (CRS units)")
     if options.batch_size is not None and options.batch_size < 1:
         raise ConfigError(f"--batch-size {options.batch_size} must be at least 1", "use e.g. 8")
+    parse_cluster(options.cluster)
+
+
+@dataclass(frozen=True)
+class SceneTask:
+    """One scene's work, picklable for Dask workers: its pass (:func:`scan_scene`), or the
+    features at pixels ``rows``, ``cols`` and ``centres`` (:func:`scene_features`)."""
+
+    index: int  # the scene's place among the scenes (Candidates.scene)
+    path: Path
+    model: Path
+    options: SuggestOptions
+    labelled: LabelledMask | None = None
+    rows: np.ndarray | None = None
+    cols: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SceneScan:
+    """What a scene's pass gives the ranking: its header, ``--min-distance`` in its pixels, its
+    candidate pixels, the best candidates of its own pool and up to :data:`MAX_CENTRES` of its
+    labelled pixels ``(rows, cols)``."""
+
+    info: SceneInfo
+    radius: float
+    eligible: int
+    candidates: Candidates
+    centres: tuple[np.ndarray, np.ndarray]
 
 
 def suggest_points(scenes: Sequence[str | Path], model: str | Path,
                    options: SuggestOptions = SuggestOptions(),
-                   labelled: LabelledMask | None = None) -> Suggestions:
+                   labelled: LabelledMask | None = None,
+                   notify: Callable[[str], None] | None = None) -> Suggestions:
     """Pick ``options.n`` points of ``scenes`` worth labelling for the bundle ``model``.
 
     ``labelled`` gives each scene's labelled pixels (never picked, nor closer than the minimum
-    distance). Raises InputError/ConfigError (one line) for bad input, among them an all-nodata
-    scene, more points than candidate pixels and more points than fit that far apart.
+    distance; picklable for ``options.cluster``). Raises InputError/ConfigError (one line) for bad
+    input, among them an all-nodata scene, more points than candidate pixels and more points than
+    fit that far apart. ``notify`` hears which cluster runs the scenes.
     """
     check_suggest_options(options)
+    spec = parse_cluster(options.cluster)
     model = Path(model)
-    net, meta = load_bundle(model)
-    tile, overlap, multiple = resolve_windows(meta, options.tile, options.overlap,
-                                             options.batch_size)
-    device = resolve_device(options.device)
-    net = net.to(device)
-    by_uncertainty = options.strategy in ("uncertainty", "hybrid")
-    pool = CandidatePool(max(POOL_PER_POINT * options.n, MIN_POOL), by_uncertainty)
-    infos: list[SceneInfo] = []
-    radii: list[float] = []
-    centres: list[tuple[np.ndarray, np.ndarray]] = []
-    eligible = 0
-    with bounded_gdal_cache():
-        for i, path in enumerate(scenes):
-            with open_scene(path, nodata=options.nodata) as src:
-                src = _in_model_band_order(src, meta, model)
-                check_radiometry(src, meta)
-                mask = labelled(src.info) if labelled is not None else None
-                radius = _radius_px(options.min_distance, src.info)
-                rng = np.random.default_rng([options.seed, i])
-                reducer = CellReducer(src.info.width, max(MIN_CELL, math.ceil(radius)),
-                                      by_uncertainty, rng, scene=i)
-                valid = _scan(src, net, meta, model, options, tile, overlap, multiple, device,
-                              mask, radius, reducer, pool)
-                if not valid:
-                    raise InputError(f"{path}: every pixel is nodata, nothing to suggest",
-                                     "check the scene and --nodata")
-                infos.append(src.info)
-                radii.append(radius)
-                eligible += reducer.eligible
-                centres.append(_sample_labelled(mask, rng))
-    if options.n > eligible:
-        raise InputError(f"--n {options.n} is more than the {eligible} candidate pixel(s) "
-                         "(valid and not labelled)", f"ask for at most --n {eligible}")
-    cands = pool.candidates()
-    features = centre_features = None
-    if options.strategy in FEATURE_STRATEGIES:
-        features, centre_features = _features(scenes, cands, centres, net, meta, model, options,
-                                              tile, overlap, multiple, device)
-    picks = select(cands, options.n, options.strategy, radii, features, centre_features)
+    meta = read_meta(model)
+    resolve_windows(meta, options.tile, options.overlap, options.batch_size)  # before any task
+    if spec is not None and options.threads is None:
+        options = replace(options, threads=spec.threads_per_worker)
+    tasks = [SceneTask(i, Path(p), model, options, labelled) for i, p in enumerate(scenes)]
+    with connect(spec) if spec else nullcontext() as client:
+        if client is not None and notify:
+            workers = len(client.scheduler_info().get("workers", {}))
+            notify(f"Dask cluster: {workers} worker(s), {len(tasks)} scene(s)")
+        done = {task.index: scan for task, scan in run_tasks(scan_scene, tasks, client)}
+        scans = [done[i] for i in range(len(tasks))]
+        eligible = sum(s.eligible for s in scans)
+        if options.n > eligible:
+            raise InputError(f"--n {options.n} is more than the {eligible} candidate pixel(s) "
+                             "(valid and not labelled)", f"ask for at most --n {eligible}")
+        pool = CandidatePool(_pool_cap(options), options.strategy in UNCERTAIN)
+        for scan in scans:
+            pool.add(scan.candidates)
+        cands = pool.candidates()
+        features = centres = None
+        if options.strategy in FEATURE_STRATEGIES:
+            features, centres = _features(tasks, scans, cands, client)
+    picks = select(cands, options.n, options.strategy, [s.radius for s in scans], features,
+                   centres)
     if len(picks) < options.n:
         apart = (f"{options.min_distance:g} CRS units" if options.min_distance is not None
                  else f"{DEFAULT_MIN_PIXELS:g} pixels")
         raise InputError(f"only {len(picks)} of --n {options.n} points fit at least {apart} "
                          f"apart among the {eligible} candidate pixel(s)",
                          "lower --n or --min-distance")
-    return Suggestions(cands.take(picks), tuple(infos), meta.class_table(), eligible)
+    return Suggestions(cands.take(picks), tuple(s.info for s in scans), meta.class_table(),
+                       eligible)
+
+
+UNCERTAIN = ("uncertainty", "hybrid")  # strategies whose candidates are the most uncertain
+
+
+def _pool_cap(options: SuggestOptions) -> int:
+    return max(POOL_PER_POINT * options.n, MIN_POOL)
+
+
+def scan_scene(task: SceneTask) -> SceneScan:
+    """The streaming pass over one scene (in this process or on a Dask worker): its best
+    candidates (a pool of the size the whole run keeps) and labelled centres."""
+    options = task.options
+    net, meta = cached_bundle(task.model)
+    tile, overlap, multiple = resolve_windows(meta, options.tile, options.overlap,
+                                              options.batch_size)
+    device = resolve_device(options.device)
+    net = net.to(device)
+    by_uncertainty = options.strategy in UNCERTAIN
+    pool = CandidatePool(_pool_cap(options), by_uncertainty)
+    with bounded_gdal_cache(), torch_threads(worker_threads(options.threads)), \
+            open_scene(task.path, nodata=options.nodata) as src:
+        src = _in_model_band_order(src, meta, task.model)
+        check_radiometry(src, meta)
+        mask = task.labelled(src.info) if task.labelled is not None else None
+        radius = _radius_px(options.min_distance, src.info)
+        rng = np.random.default_rng([options.seed, task.index])
+        reducer = CellReducer(src.info.width, max(MIN_CELL, math.ceil(radius)), by_uncertainty,
+                              rng, scene=task.index)
+        valid = _scan(src, net, meta, task.model, options, tile, overlap, multiple, device, mask,
+                      radius, reducer, pool)
+        if not valid:
+            raise InputError(f"{task.path}: every pixel is nodata, nothing to suggest",
+                             "check the scene and --nodata")
+        return SceneScan(src.info, radius, reducer.eligible, pool.candidates(),
+                         _sample_labelled(mask, rng))
 
 
 def _radius_px(min_distance: float | None, info: SceneInfo) -> float:
@@ -217,7 +283,8 @@ def _scan(src: Scene, net: nn.Module, meta: BundleMeta, model: Path, options: Su
     """One streaming pass over ``src`` feeding ``pool``; returns the number of valid pixels."""
     info = src.info
     lay = layout(info.height, info.width, tile, overlap, multiple)
-    runner = build_runner(net, meta, model, device, RuntimeOptions(), (lay.win_h, lay.win_w))
+    runner = build_runner(net, meta, model, device, RuntimeOptions(threads=options.threads),
+                          (lay.win_h, lay.win_w))
     batch = options.batch_size or auto_batch_size(
         runner, device, (len(meta.bands), lay.win_h, lay.win_w), lay.count)
     predictor = SlidingWindowPredictor(runner, meta.normalise, meta.model.classes, tile, overlap,
@@ -256,34 +323,43 @@ def _sample_labelled(mask: np.ndarray | None, rng: np.random.Generator
     return rows, cols
 
 
-def _features(scenes: Sequence[str | Path], cands: Candidates,
-              centres: list[tuple[np.ndarray, np.ndarray]], net: nn.Module, meta: BundleMeta,
-              model: Path, options: SuggestOptions, tile: int, overlap: int, multiple: int,
-              device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Features ``(len(cands), D)`` of the candidates and ``(M, D)`` of the labelled centres."""
-    found: list[np.ndarray | None] = [None] * len(cands)
-    out_centres: list[np.ndarray] = []
-    with bounded_gdal_cache(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # each scene's warnings were said by the first pass
-        for i, path in enumerate(scenes):
-            mine = np.flatnonzero(cands.scene == i)
-            rows = np.concatenate([cands.row[mine], centres[i][0]]).astype(np.int64)
-            cols = np.concatenate([cands.col[mine], centres[i][1]]).astype(np.int64)
-            if not len(rows):
-                continue
-            with open_scene(path, nodata=options.nodata) as src:
-                src = _in_model_band_order(src, meta, model)
-                lay = layout(src.info.height, src.info.width, tile, overlap, multiple)
-                feats = point_features(net, meta, src, rows, cols, lay, device,
-                                       options.batch_size or FEATURE_BATCH)
-            for j, f in zip(mine, feats[:len(mine)], strict=True):
-                found[j] = f
-            out_centres.append(feats[len(mine):])
-    dim = next((f.shape[0] for f in found if f is not None),
-               out_centres[0].shape[1] if out_centres else 1)
-    features = np.stack(found) if len(found) else np.zeros((0, dim), np.float32)
-    return features, (np.concatenate(out_centres) if out_centres
-                      else np.zeros((0, dim), np.float32))
+def _features(tasks: Sequence[SceneTask], scans: Sequence[SceneScan], cands: Candidates,
+              client: object | None) -> tuple[np.ndarray, np.ndarray]:
+    """Features ``(len(cands), D)`` of the candidates and ``(M, D)`` of the labelled centres,
+    one task per scene that holds some."""
+    mine = {t.index: np.flatnonzero(cands.scene == t.index) for t in tasks}
+    todo = []
+    for task, scan in zip(tasks, scans, strict=True):
+        rows = np.concatenate([cands.row[mine[task.index]], scan.centres[0]]).astype(np.int64)
+        cols = np.concatenate([cands.col[mine[task.index]], scan.centres[1]]).astype(np.int64)
+        if len(rows):
+            todo.append(replace(task, labelled=None, rows=rows, cols=cols))
+    found = {task.index: feats for task, feats in run_tasks(scene_features, todo, client)}
+    dim = next(iter(found.values())).shape[1] if found else 1
+    features = np.zeros((len(cands), dim), np.float32)
+    centres = []
+    for i in sorted(found):
+        features[mine[i]] = found[i][:len(mine[i])]
+        centres.append(found[i][len(mine[i]):])
+    return features, (np.concatenate(centres) if centres else np.zeros((0, dim), np.float32))
+
+
+def scene_features(task: SceneTask) -> np.ndarray:
+    """``(len(task.rows), D)`` features of one scene's pixels (in this process or on a Dask
+    worker), running the model again on only the windows that hold them."""
+    options = task.options
+    net, meta = cached_bundle(task.model)
+    tile, overlap, multiple = resolve_windows(meta, options.tile, options.overlap,
+                                              options.batch_size)
+    device = resolve_device(options.device)
+    with bounded_gdal_cache(), torch_threads(worker_threads(options.threads)), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the scene's warnings were said by its first pass
+        with open_scene(task.path, nodata=options.nodata) as src:
+            src = _in_model_band_order(src, meta, task.model)
+            lay = layout(src.info.height, src.info.width, tile, overlap, multiple)
+            return point_features(net.to(device), meta, src, task.rows, task.cols, lay, device,
+                                  options.batch_size or FEATURE_BATCH)
 
 
 def feature_tap(net: nn.Module) -> str:
@@ -362,7 +438,8 @@ def labelled_mask(files: Sequence[Path], column: str, info: SceneInfo) -> np.nda
 
 
 def suggest(scenes: Sequence[str | Path], model: str | Path, out: str | Path,
-            options: SuggestOptions = SuggestOptions()) -> SuggestSummary:
+            options: SuggestOptions = SuggestOptions(),
+            notify: Callable[[str], None] | None = None) -> SuggestSummary:
     """Write ``out`` (GeoPackage) and its ``.qml``: the points to label, see the module doc.
 
     Outputs, scenes, label files and the bundle's bands are checked before any pixel is read;
@@ -383,9 +460,9 @@ def suggest(scenes: Sequence[str | Path], model: str | Path, out: str | Path,
     meta = read_meta(model)
     columns = _label_columns(options, infos)
     picked = suggest_points(paths, model, options,
-                            labelled=(lambda info: labelled_mask(options.labels,
-                                                                 options.label_column, info))
-                            if options.labels else None)
+                            labelled=partial(labelled_mask, options.labels,
+                                             options.label_column) if options.labels else None,
+                            notify=notify)
     numeric = bool(columns) and columns[0].numeric
     points = picked.points
     xs, ys = np.zeros(len(points)), np.zeros(len(points))
