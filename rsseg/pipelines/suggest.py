@@ -30,7 +30,6 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -42,7 +41,7 @@ from rasterio.windows import Window
 from torch import nn
 
 from rsseg.classes import IGNORE, ClassTable
-from rsseg.distributed import connect, parse_cluster, run_tasks, worker_threads
+from rsseg.distributed import parse_cluster, run_tasks, worker_threads
 from rsseg.errors import ConfigError, InputError
 from rsseg.inference.device import resolve_device
 from rsseg.inference.runtime import RuntimeOptions, auto_batch_size, build_runner, torch_threads
@@ -66,6 +65,7 @@ from rsseg.labels import VECTOR_SUFFIXES, read_label_raster
 from rsseg.models import parts
 from rsseg.models.bundle import BundleMeta, read_meta
 from rsseg.pipelines.batch import cached_bundle
+from rsseg.pipelines.jobs import cluster_session
 from rsseg.pipelines.predict import _in_model_band_order, resolve_windows
 from rsseg.pipelines.radiometry import check_radiometry
 from rsseg.regularizers.base import capture
@@ -205,10 +205,7 @@ def suggest_points(scenes: Sequence[str | Path], model: str | Path,
     if spec is not None and options.threads is None:
         options = replace(options, threads=spec.threads_per_worker)
     tasks = [SceneTask(i, Path(p), model, options, labelled) for i, p in enumerate(scenes)]
-    with connect(spec) if spec else nullcontext() as client:
-        if client is not None and notify:
-            workers = len(client.scheduler_info().get("workers", {}))
-            notify(f"Dask cluster: {workers} worker(s), {len(tasks)} scene(s)")
+    with cluster_session(spec, notify) as client:
         done = {task.index: scan for task, scan in run_tasks(scan_scene, tasks, client)}
         scans = [done[i] for i in range(len(tasks))]
         eligible = sum(s.eligible for s in scans)
