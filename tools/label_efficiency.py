@@ -24,14 +24,19 @@ bilinearly (a linear map commutes with bilinear upsampling).
         --settings points:5,points:20,points:100,images:0.05,images:0.2 --seeds 0,1,2 \\
         --out docs/label_efficiency_dubai
 
+Each pretraining arm's method and length are read from its run folder (``config.yaml``'s pretext,
+``metrics.csv``'s last step), so arms of one method at several budgets form a curve.
+
 Writes ``OUT.json`` (every run), ``OUT.md`` (tables) and ``OUT.png`` (mIoU against labels per
-arm, full fine-tuning and linear probe), rewritten after every run; ``--resume`` keeps finished
+arm, full fine-tuning and linear probe; mIoU against pretraining steps per method), rewritten
+after every run; ``--resume`` keeps finished
 runs of ``OUT.json`` (same dataset) and runs the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import shutil
@@ -46,6 +51,7 @@ import numpy as np
 import rasterio
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 from rasterio.windows import Window
 
@@ -266,6 +272,17 @@ def _sample(coarse: torch.Tensor, shape: tuple[int, int], rows: np.ndarray,
     return out[0, :, 0].T
 
 
+def pretraining(run: Path | None) -> dict:
+    """``{"method": pretext name, "steps": optimizer steps}`` of a pretraining run folder
+    (``{"method": "random", "steps": 0}`` for random init)."""
+    if run is None:
+        return {"method": "random", "steps": 0}
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    with (run / "metrics.csv").open() as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("step")]
+    return {"method": config["pretext"]["name"], "steps": max(steps) + 1 if steps else 0}
+
+
 def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
     """Per (protocol, setting, arm): mean ± sd of each score, and paired Δ vs the first arm."""
     rows = []
@@ -300,14 +317,16 @@ def write_outputs(results: dict, out: Path) -> None:
     results["summary"] = summarise(results["runs"], results["arms"])
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     lines = [f"# Label efficiency — {results['dataset']}", "", results["notes"], "",
-             "| protocol | labels | arm | runs | mIoU | Kappa | OA | Δ mIoU vs "
-             f"{results['arms'][0]} (points) | Δ per seed |", "|---" * 9 + "|"]
+             "| protocol | labels | arm | pretraining steps | runs | mIoU | Kappa | OA | "
+             f"Δ mIoU vs {results['arms'][0]} (points) | Δ per seed |", "|---" * 10 + "|"]
+    info = results["pretraining"]
     for r in results["summary"]:
         def fmt(v: list[float] | None, scale: float = 1.0) -> str:
             return "—" if v is None else f"{scale * v[0]:.3f} ± {scale * v[1]:.3f}"
         delta = "—" if r["delta_miou_points"] is None else \
             f"{r['delta_miou_points'][0]:+.1f} ± {r['delta_miou_points'][1]:.1f}"
-        lines.append(f"| {r['protocol']} | {r['setting']} | {r['arm']} | {r['runs']} | "
+        lines.append(f"| {r['protocol']} | {r['setting']} | {r['arm']} | "
+                     f"{info[r['arm']]['steps']} | {r['runs']} | "
                      f"{fmt(r['miou'])} | {fmt(r['kappa'])} | {fmt(r['oa'])} | {delta} | "
                      f"{', '.join(f'{d:+.1f}' for d in r['delta_per_seed'])} |")
     errors = [r for r in results["runs"] if "error" in r]
@@ -322,9 +341,9 @@ def _plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), sharey=True)
     settings = list(dict.fromkeys(r["setting"] for r in results["summary"]))
-    for ax, protocol in zip(axes, ("finetune", "probe"), strict=True):
+    for ax, protocol in zip(axes, ("finetune", "probe"), strict=False):
         for arm in results["arms"]:
             rows = {r["setting"]: r for r in results["summary"]
                     if r["protocol"] == protocol and r["arm"] == arm and r["miou"]}
@@ -337,12 +356,34 @@ def _plot(results: dict, path: Path) -> None:
         title = "full fine-tuning" if protocol == "finetune" else "linear probe (frozen)"
         ax.set_title(f"{results['dataset']}: {title}")
         ax.set_xlabel("labels")
+    _plot_budget(results, settings[0] if settings else "", axes[2])
+    for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mIoU (%) on held-out data, mean ± sd over seeds")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_budget(results: dict, setting: str, ax) -> None:
+    """Full fine-tuning mIoU at ``setting`` against pretraining steps, one curve per method
+    (random init is every method's step 0)."""
+    info = results["pretraining"]
+    rows = {r["arm"]: r for r in results["summary"]
+            if r["protocol"] == "finetune" and r["setting"] == setting and r["miou"]}
+    start = [(0, rows[a]["miou"]) for a in rows if info[a]["method"] == "random"]
+    for method in dict.fromkeys(info[a]["method"] for a in rows):
+        if method == "random":
+            continue
+        points = sorted(start + [(info[a]["steps"], rows[a]["miou"]) for a in rows
+                                 if info[a]["method"] == method])
+        ax.errorbar([s for s, _ in points], [100 * m[0] for _, m in points],
+                    yerr=[100 * m[1] for _, m in points], marker="o", capsize=3, label=method)
+    ax.set_title(f"{results['dataset']}: full fine-tuning at {setting}")
+    ax.set_xlabel("pretraining steps (0 = random init)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"dataset": args.dataset, "arms": list(arms), "runs": [],
                "config": config.model_dump(mode="json"),
                "arm_runs": {k: str(v) if v else None for k, v in arms.items()},
+               "pretraining": {k: pretraining(v) for k, v in arms.items()},
                "notes": ("dubai: train tiles 1–5 (45 images), test tile 6 (9 images)"
                          if args.dataset == "dubai" else
                          "nc: sparse pixels of the bundled scene; test: the dense 1996 map, "
@@ -395,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
         previous = json.loads(out.with_suffix(".json").read_text())
         results["runs"] = [r for r in previous["runs"] if "error" not in r]
         results["arms"] = list(dict.fromkeys([*previous["arms"], *arms]))
+        results["arm_runs"] = previous["arm_runs"] | results["arm_runs"]
+        results["pretraining"] = {
+            k: results["pretraining"].get(k) or previous.get("pretraining", {}).get(k) or
+            pretraining(Path(results["arm_runs"][k]) if results["arm_runs"][k] else None)
+            for k in results["arms"]}
     done = {(r["protocol"], r["setting"], r["arm"], r["seed"]) for r in results["runs"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     warnings.simplefilter("ignore", NoGeoreferencing)

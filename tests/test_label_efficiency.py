@@ -1,0 +1,56 @@
+"""tools/label_efficiency.py: paired differences, pretraining budgets, a tiny study on NC."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+
+@pytest.fixture(scope="module")
+def tool(load_tool):
+    return load_tool("label_efficiency")
+
+
+def _run(arm: str, seed: int, miou: float, protocol: str = "finetune") -> dict:
+    return {"protocol": protocol, "setting": "points:20", "arm": arm, "seed": seed,
+            "miou": miou, "kappa": miou, "oa": miou}
+
+
+def test_summary_pairs_each_seed_with_the_baseline_of_that_seed(tool):
+    runs = [_run("random", 0, 0.30), _run("random", 1, 0.20),
+            _run("glcnet", 1, 0.28), _run("glcnet", 0, 0.33),
+            _run("glcnet", 2, 0.90)]  # seed 2 has no baseline: not paired
+    rows = {r["arm"]: r for r in tool.summarise(runs, ["random", "glcnet"])}
+    assert rows["random"]["delta_miou_points"] is None
+    assert rows["glcnet"]["delta_per_seed"] == [8.0, 3.0]
+    assert rows["glcnet"]["delta_miou_points"][0] == pytest.approx(5.5)
+    assert rows["glcnet"]["runs"] == 3
+
+
+def test_pretraining_budget_is_read_from_the_run_folder(tool, tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"pretext": {"name": "glcnet"}}))
+    (tmp_path / "metrics.csv").write_text("epoch,loss_epoch,step\n0,,9\n0,2.9,111\n1,,119\n")
+    assert tool.pretraining(tmp_path) == {"method": "glcnet", "steps": 120}
+    assert tool.pretraining(None) == {"method": "random", "steps": 0}
+
+
+def test_a_setting_that_does_not_exist_is_refused_before_any_work(tool, tmp_path):
+    with pytest.raises(SystemExit, match="does not exist for nc"):
+        tool.main(["--dataset", "nc", "--arm", "random", "--settings", "points:20",
+                   "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+
+
+def test_tiny_study_on_the_bundled_scene(tool, tmp_path):
+    out = tmp_path / "le"
+    tool.main(["--dataset", "nc", "--arm", "random", "--settings", "pixels:0.1", "--seeds", "0",
+               "--set", "trainer.epochs=1", "--set", "trainer.steps_per_epoch=2",
+               "--out", str(out), "--work", str(tmp_path / "work")])
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert {(r["protocol"], r["arm"]) for r in results["runs"]} == {
+        ("finetune", "random"), ("probe", "random")}
+    assert all(0.0 <= r["miou"] <= 1.0 and "error" not in r for r in results["runs"])
+    assert results["pretraining"] == {"random": {"method": "random", "steps": 0}}
+    assert "| finetune | pixels:0.1 | random | 0 | 1 |" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").stat().st_size > 0
