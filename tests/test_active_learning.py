@@ -58,3 +58,15 @@ def test_verdict_names_the_figure(al) -> None:
     assert al.verdict("nc", 0.4, {"hybrid": 100}, 200).endswith("figure reached")
     assert al.verdict("nc", 0.4, {"hybrid": 125}, 200).endswith("figure not reached")
     assert "does not reach" in al.verdict("nc", 0.4, {"hybrid": None}, 200)
+
+
+def test_max_points_cuts_a_budget_to_a_round(al, tmp_path: Path) -> None:
+    full = al.BUDGETS["full"]
+    assert al.with_max_points(full, None) is full
+    reduced = al.with_max_points(full, 100)
+    assert reduced == {**full, "max": 100} and full["max"] == 200
+    for bad in (25, 110, 10):
+        with pytest.raises(SystemExit, match="not a round's size"):
+            al.with_max_points(full, bad)
+    with pytest.raises(SystemExit, match="needs --data DIR"):
+        al.main(["--dataset", "dubai", "--out", str(tmp_path / "al")])

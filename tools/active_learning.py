@@ -4,8 +4,9 @@ An oracle answers every point asked from a dense reference, as an analyst would 
 
 - ``nc``: the bundled Landsat-7 scene, answered by its dense 1996 land-cover map; scored on the
   same map, every point asked and nodata excluded;
-- ``dubai``: the aerial tiles of ``../shared/data/dubai``, images of tiles 1–5 answered by their
-  masks, the nine images of tile 6 scored.
+- ``dubai``: the Dubai aerial tiles (``--data DIR`` holding ``dubai/``: tile folders with
+  ``images/`` and ``labels/``), images of tiles 1–5 answered by their masks, the nine images of
+  tile 6 scored.
 
 Protocol, the same for every arm: ``start`` points drawn uniformly over the valid pixels of the
 training images (one draw per seed, shared by the arms), then ``step`` points per round up to
@@ -20,13 +21,20 @@ Figure to reach: hybrid reaches the mIoU random points reach at ``max`` with at 
 half as many points. ``OUT.md`` says whether it does, per dataset, and shows what may limit it:
 the points without an answer and the classes collected per arm.
 
-    python tools/active_learning.py --dataset nc --dataset dubai --out docs/active_learning
+    python tools/active_learning.py --dataset nc --dataset dubai --data DIR \
+        --out docs/active_learning
+    python tools/active_learning.py --dataset nc --seeds 0 --max-points 100 \
+        --out docs/active_learning   # reduced: NC, one seed, 10 rounds (~12-40 min, 2 cores)
     python tools/active_learning.py --dataset nc --budget tiny --out /tmp/al   # smoke test
 
 Budgets (``--budget``): ``full`` (25 + 25 per round up to 200, seeds 0–2, the shallow U-Net of
 ``rsseg demo``'s NC case with 40 fine-tuning steps of 8 crops: 2 datasets × 3 seeds × 22
 fine-tunes, a few hours on 2 CPU cores) and ``tiny`` (4 + 4 up to 8 points, one seed, the
-central 128 px of two training images, 2 steps: a smoke test). Writes ``OUT.json`` (every
+central 128 px of two training images, 2 steps: a smoke test). ``--seeds`` and ``--max-points``
+(a round's size: ``start`` + k × ``step``) cut a budget down, keeping its protocol and recipe, and
+``--resume`` grows a cut run later (more seeds, more points): its rounds are replayed. The
+reduced study above (NC, seed 0, 25 + 25 per round to 100: the start and 3 rounds of 3 arms)
+asks whether hybrid reaches random's 100-point mIoU with 50 points. Writes ``OUT.json`` (every
 round: scores, the points asked), ``OUT.md`` and ``OUT.png`` (mIoU against points per arm),
 rewritten after every round; ``--resume`` replays the rounds of ``OUT.json`` (same budget) and
 runs the rest.
@@ -58,7 +66,6 @@ from rsseg.pipelines.predict import PredictOptions, predict_scene
 from rsseg.pipelines.suggest import SuggestOptions, suggest_points
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 NC = ROOT / "rsseg" / "data" / "nc_landsat"
 ARMS = ("random", "uncertainty", "hybrid")
 
@@ -96,7 +103,7 @@ class Dataset:
     georeferenced: bool
 
 
-def load_dataset(name: str, data: Path, images: int | None = None, crop: int | None = None,
+def load_dataset(name: str, data: Path | None, images: int | None = None, crop: int | None = None,
                  work: Path = Path(".")) -> Dataset:
     """``nc`` or ``dubai``; ``images`` keeps the first training and test images only, ``crop``
     their central ``crop`` × ``crop`` pixels (copies in ``work``)."""
@@ -106,6 +113,8 @@ def load_dataset(name: str, data: Path, images: int | None = None, crop: int | N
         if crop:
             image = _crop(image, crop, work / "data")
         return Dataset("nc", [image], [image], NC / "classes_nc_landcover.yaml", True, True)
+    if data is None:
+        raise SystemExit("error: --dataset dubai needs --data DIR (the folder holding dubai/)")
     folder = data / "dubai"
     if not folder.is_dir():
         raise SystemExit(f"error: {folder} not found (--data)")
@@ -403,6 +412,17 @@ def _plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def with_max_points(budget: dict, max_points: int | None) -> dict:
+    """``budget`` whose last round has ``max_points`` points (a round's size), or as is."""
+    if max_points is None:
+        return budget
+    start, step = budget["start"], budget["step"]
+    if max_points < start + step or (max_points - start) % step:
+        raise SystemExit(f"error: --max-points {max_points} is not a round's size: use "
+                         f"{start} + k x {step} with k >= 1 (e.g. {start + 3 * step})")
+    return {**budget, "max": max_points}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--dataset", action="append", choices=("nc", "dubai"), required=True)
@@ -414,13 +434,15 @@ def main(argv: list[str] | None = None) -> int:
                         "its backbone [default: random init with the seed]")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "finetune_cpu.yaml")
     parser.add_argument("--set", dest="sets", action="append", default=[])
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--max-points", type=int, help="last round's size, start + k x step "
+                        "[default: the budget's max]")
+    parser.add_argument("--data", type=Path, help="folder holding dubai/ (--dataset dubai)")
     parser.add_argument("--work", type=Path, default=Path("active_learning_work"))
     parser.add_argument("--out", type=Path, required=True, help="OUT.json/.md/.png")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
 
-    budget = BUDGETS[args.budget]
+    budget = with_max_points(BUDGETS[args.budget], args.max_points)
     arms = list(dict.fromkeys(args.arm or ARMS))
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else budget["seeds"]
     results: dict = {"budget": args.budget, "budget_sets": budget, "arms": arms,
@@ -443,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             for arm in arms:
                 run_arm(dataset, arm, seed, budget, config, args.init, args.work, results, out)
     write_outputs(results, out)
+    spent = sum(r["seconds"] for r in results["runs"])
+    print(f"{len(results['runs'])} rounds, {spent / 60:.1f} min of rounds; {out}.md", flush=True)
     return 0
 
 
