@@ -32,6 +32,8 @@ class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+    int8 = "int8"
+    auto = "auto"
 
 
 class Backend(str, Enum):
@@ -66,7 +68,11 @@ def predict(
     assets: str | None = typer.Option(None, help="STAC items: the asset keys stacked as the "
                                       "model's bands, e.g. B04,B03,B02,B08 [default: the "
                                       "assets whose key, band or common name is the band's]."),
-    tile: int | None = typer.Option(None, help="Window side in pixels (default: the bundle's)."),
+    tile: str = typer.Option("auto", help="Window side in pixels, or auto: the largest window "
+                             "whose activations fit --max-memory (at least the bundle's tile, "
+                             "at most the scene), printed once."),
+    max_memory: str = typer.Option("1G", help="--tile auto: memory for the model's activations "
+                                   "per call, e.g. 1G, 512M."),
     overlap: int | None = typer.Option(None, help="Window overlap in pixels (default: the "
                                                   "bundle's)."),
     batch_size: int | None = typer.Option(None, help="Windows per model call [default: 2 on "
@@ -74,10 +80,15 @@ def predict(
     nodata: float | None = typer.Option(None, help="Nodata value, overriding the scene's."),
     device: Device = typer.Option(Device.auto, help="Where the model runs."),
     precision: Precision = typer.Option(Precision.fp32, help="fp32; bf16 on CPUs with AVX-512 "
-                                        "BF16/AMX and on GPUs; fp16 on GPUs."),
-    backend: Backend = typer.Option(Backend.torch, help="torch, or onnxruntime (CPU, fp32; "
-                                    "needs pip install 'rsseg[onnx]'; the graph is cached by "
-                                    "the bundle's hash in $RSSEG_CACHE_DIR or ~/.cache/rsseg)."),
+                                        "BF16/AMX and on GPUs; fp16 on GPUs; int8 on CPUs "
+                                        "(onnxruntime, calibrated on the scene's windows, "
+                                        "refused below 99 % agreement with fp32); auto: int8 "
+                                        "where it runs and agrees, else fp32."),
+    backend: Backend | None = typer.Option(None, help="torch, or onnxruntime (CPU, fp32 and "
+                                           "int8; needs pip install 'rsseg[onnx]'; graphs are "
+                                           "cached by the bundle's hash in $RSSEG_CACHE_DIR or "
+                                           "~/.cache/rsseg) [default: onnxruntime for int8 and "
+                                           "auto, else torch]."),
     threads: int | None = typer.Option(None, help="CPU threads for the model [default: all "
                                        "cores]."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
@@ -114,10 +125,10 @@ def predict(
     outputs = OutputOptions(confidence=confidence, probs=probs, vector=vector,
                             min_area=min_area, simplify=simplify, preview=preview,
                             preview_bands=preview_bands)
-    options = PredictOptions(tile=tile, overlap=overlap, batch_size=batch_size, nodata=nodata,
-                             device=device.value, overwrite=overwrite, outputs=outputs,
-                             domain=domain,
-                             runtime=RuntimeOptions(backend=backend.value,
+    options = PredictOptions(tile=tile, max_memory=max_memory, overlap=overlap,
+                             batch_size=batch_size, nodata=nodata, device=device.value,
+                             overwrite=overwrite, outputs=outputs, domain=domain,
+                             runtime=RuntimeOptions(backend=backend and backend.value,
                                                     precision=precision.value, threads=threads))
     if len(scenes) > 1 or is_collection(scenes[0]) or out_dir or cluster or mosaic or crs \
             or assets:
@@ -136,7 +147,8 @@ def predict(
         task = bar.add_task("predicting", total=None)
         summary = predict_scene(scene, model, out, options,
                                 progress=lambda done, total: bar.update(task, completed=done,
-                                                                        total=total))
+                                                                        total=total),
+                                notify=typer.echo)
     typer.echo(f"Wrote {summary.out} ({summary.width}x{summary.height} px, {summary.windows} "
                f"windows) in {summary.seconds:.1f} s, {summary.mpx_per_s:.3g} Mpx/s")
     extra = [p for p in summary.outputs if p != summary.out]

@@ -43,7 +43,7 @@ def runtime_graph(bundle: Path, net: nn.Module, meta: BundleMeta, height: int,
     onnx, ort = require_onnx("--backend onnxruntime")
     digest = file_sha256(bundle)
     path = cache_dir() / "onnx" / f"{digest[:32]}-{height}x{width}-opset{OPSET}.onnx"
-    if path.is_file() and _graph_digest(path, onnx) == digest:
+    if path.is_file() and graph_metadata(path).get(DIGEST_KEY) == digest:
         return path
     x = torch.randn(2, len(meta.bands), height, width,
                     generator=torch.Generator().manual_seed(0))
@@ -59,20 +59,43 @@ def runtime_graph(bundle: Path, net: nn.Module, meta: BundleMeta, height: int,
     if not diff <= MAX_ABS_DIFF:
         raise OutputError(f"the ONNX graph of {bundle} differs from PyTorch by {diff:.2e} "
                           f"(more than {MAX_ABS_DIFF:g})", "use --backend torch")
+    store_graph(path, data, "ONNX graph")
+    return path
+
+
+def graph_metadata(path: Path) -> dict[str, str]:
+    """The ``metadata_props`` of a cached graph; empty when unreadable (a truncated or foreign
+    file is exported again over it)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path))
+    except Exception:
+        return {}
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def store_graph(path: Path, data: bytes, what: str) -> None:
+    """``data`` written atomically at ``path`` in the cache; OutputError naming ``what`` when the
+    cache folder is not writable."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with publishing(lock=False) as pub:  # concurrent runs cache the same bytes
             pub.stage(path, overwrite=True).write_bytes(data)
     except OSError as err:
-        raise OutputError(f"cannot cache the ONNX graph in {path.parent}: {err.strerror}",
+        raise OutputError(f"cannot cache the {what} in {path.parent}: {err.strerror}",
                           "set RSSEG_CACHE_DIR to a writable folder") from None
-    return path
 
 
-def _graph_digest(path: Path, onnx) -> str | None:
-    """The bundle digest recorded in the cached graph, None when unreadable."""
-    try:
-        proto = onnx.load(str(path))
-    except Exception:  # a truncated or foreign file: re-exported over
-        return None
-    return next((p.value for p in proto.metadata_props if p.key == DIGEST_KEY), None)
+def ort_session(graph: Path, threads: int | None):
+    """An ONNX Runtime CPU session of ``graph`` with ``threads`` intra-op threads (default:
+    PyTorch's), all graph optimizations, idle pool threads sleeping instead of spinning (they
+    leave the cores to the reader and writer threads)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3  # no per-node notes (quantized graphs have many)
+    return ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])

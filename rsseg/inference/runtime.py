@@ -9,12 +9,17 @@ logits (a torch tensor on the runner's device). Choices and their checks:
   with native bf16 — AVX-512 BF16 or AMX — and GPUs that support it) or ``fp16`` (GPU only).
   On a GPU the batch goes through one pinned host buffer with a non-blocking copy.
 - ``onnxruntime`` backend (optional extra, CPU, fp32): the bundle's graph exported once and cached
-  by the bundle's hash (:mod:`rsseg.inference.onnx_cache`).
+  by the bundle's hash (:mod:`rsseg.inference.onnx_cache`); ``int8`` (CPU): that graph
+  quantized on the scene's own windows, verified against fp32 and cached
+  (:mod:`rsseg.inference.quantize`). ``int8`` and ``auto`` pick this backend unless told.
+- ``auto`` precision: int8 where it runs and agrees with fp32 (a CPU with ONNX Runtime), else
+  fp32 with a one-line warning saying why.
 - ``threads``: intra-op threads of either backend (default: PyTorch's, i.e. the cores).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,32 +29,45 @@ import numpy as np
 import torch
 from torch import nn
 
-from rsseg.errors import ConfigError
+from rsseg.errors import ConfigError, InputError
 from rsseg.inference.device import bf16_supported
 from rsseg.inference.fold_bn import fold_batchnorm
 from rsseg.models.bundle import BundleMeta
 
 BACKENDS = ("torch", "onnxruntime")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")
+ORT_PRECISIONS = ("fp32", "int8", "auto")
+CPU_BATCH = 2  # windows per model call on CPU: small batches stay in cache (fastest)
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 Runner = Callable[[np.ndarray], torch.Tensor]
 """``(B, C, H, W)`` float32 normalised pixels → ``(B, K, H, W)`` logits."""
 
+Samples = Callable[[], tuple[np.ndarray, np.ndarray]]
+"""The scene's calibration windows on demand: ``(N, C, h, w)`` model input, ``(N, h, w)`` valid."""
+
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """``--backend``, ``--precision``, ``--threads`` (None: PyTorch's default)."""
+    """``--backend`` (None: onnxruntime for int8/auto, else torch), ``--precision``,
+    ``--threads`` (None: PyTorch's default)."""
 
-    backend: str = "torch"
+    backend: str | None = None
     precision: str = "fp32"
     threads: int | None = None
+
+    @property
+    def engine(self) -> str:
+        """The backend that runs: the one given, else the one the precision needs."""
+        if self.backend is not None:
+            return self.backend
+        return "onnxruntime" if self.precision in ("int8", "auto") else "torch"
 
 
 def check_runtime(options: RuntimeOptions, device: torch.device) -> None:
     """ConfigError (one line) for a choice this machine or backend cannot run."""
-    if options.backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {options.backend!r}",
+    if options.engine not in BACKENDS:
+        raise ConfigError(f"unknown backend {options.engine!r}",
                           f"use one of {', '.join(BACKENDS)}")
     if options.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {options.precision!r}",
@@ -57,13 +75,21 @@ def check_runtime(options: RuntimeOptions, device: torch.device) -> None:
     if options.threads is not None and options.threads < 1:
         raise ConfigError(f"--threads {options.threads} must be at least 1",
                           f"use e.g. --threads {torch.get_num_threads()}")
-    if options.backend == "onnxruntime":
+    if options.precision == "int8":
+        if device.type != "cpu":
+            raise ConfigError(f"--precision int8 runs on the CPU only, not on {device.type}",
+                              "use --device cpu, or --precision fp16/bf16 on the GPU")
+        if options.engine != "onnxruntime":
+            raise ConfigError(f"--precision int8 runs with --backend onnxruntime only, not "
+                              f"{options.engine}", "leave --backend out: int8 picks onnxruntime")
+    if options.engine == "onnxruntime":
         if device.type != "cpu":
             raise ConfigError("--backend onnxruntime runs on the CPU only",
                               "use --backend torch with --device cuda")
-        if options.precision != "fp32":
-            raise ConfigError(f"--backend onnxruntime runs fp32 only, not {options.precision}",
-                              "use --precision fp32, or --backend torch")
+        if options.precision not in ORT_PRECISIONS:
+            raise ConfigError(f"--backend onnxruntime runs fp32 or int8, not "
+                              f"{options.precision}", "use --precision fp32 or int8, or "
+                              "--backend torch")
     if options.precision == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16 runs on a GPU only",
                           "use --device cuda, or --precision fp32 (or bf16 where supported)")
@@ -123,16 +149,11 @@ class TorchRunner:
 class OrtRunner:
     """The bundle's cached ONNX graph in an ONNX Runtime CPU session."""
 
-    def __init__(self, graph: Path, threads: int | None) -> None:
-        import onnxruntime as ort
+    def __init__(self, graph: Path, threads: int | None, note: str | None = None) -> None:
+        from rsseg.inference.onnx_cache import ort_session
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle pool threads sleep instead of spinning, leaving the cores to the reader/writer.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(graph), opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort_session(graph, threads)
+        self.note = note
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> torch.Tensor:
@@ -141,18 +162,54 @@ class OrtRunner:
 
 
 def build_runner(net: nn.Module, meta: BundleMeta, bundle: Path, device: torch.device,
-                 options: RuntimeOptions, window: tuple[int, int]) -> Runner:
-    """The runner for ``options`` (checked with :func:`check_runtime` first)."""
+                 options: RuntimeOptions, window: tuple[int, int],
+                 samples: Samples | None = None) -> Runner:
+    """The runner for ``options`` (checked with :func:`check_runtime` first); ``samples``, the
+    scene's calibration windows, are read only for ``int8`` and ``auto``. The runner's ``note``
+    says what runs when that is worth a line (int8: its agreement with fp32)."""
     check_runtime(options, device)
-    if options.backend == "onnxruntime":
-        from rsseg.inference.onnx_cache import runtime_graph
+    if options.precision == "auto":
+        return _auto_runner(net, meta, bundle, device, options, window, samples)
+    if options.engine == "torch":
+        return TorchRunner(net, device, options.precision, (meta.model.in_channels, *window))
+    if options.precision == "int8":
+        from rsseg.inference.quantize import int8_graph
 
-        return OrtRunner(runtime_graph(bundle, net, meta, *window), options.threads)
-    return TorchRunner(net, device, options.precision, (meta.model.in_channels, *window))
+        if samples is None:
+            raise ValueError("--precision int8 needs the scene's calibration windows")
+        graph = int8_graph(bundle, net, meta, *samples(), threads=options.threads)
+        note = (f"int8: agrees with fp32 on {graph.agreement:.2%} of the calibration windows' "
+                f"valid pixels ({graph.float_convs} convolution(s) kept float)")
+        return OrtRunner(graph.path, options.threads, note)
+    from rsseg.inference.onnx_cache import runtime_graph
+
+    return OrtRunner(runtime_graph(bundle, net, meta, *window), options.threads)
+
+
+def _auto_runner(net: nn.Module, meta: BundleMeta, bundle: Path, device: torch.device,
+                 options: RuntimeOptions, window: tuple[int, int],
+                 samples: Samples | None) -> Runner:
+    """``--precision auto``: int8 where it runs and agrees with fp32, else fp32 (on the backend
+    asked for; onnxruntime when the graph could be exported, torch otherwise) with a warning."""
+    fp32 = RuntimeOptions(options.backend, "fp32", options.threads)
+    if device.type != "cpu" or options.engine != "onnxruntime":
+        return build_runner(net, meta, bundle, device, fp32, window)
+    from rsseg.inference.quantize import Int8Refused
+
+    try:
+        return build_runner(net, meta, bundle, device,
+                            RuntimeOptions("onnxruntime", "int8", options.threads), window,
+                            samples)
+    except (Int8Refused, ConfigError, InputError) as err:  # refused, no onnx, not exportable
+        usable = isinstance(err, Int8Refused) or options.backend == "onnxruntime"
+        fp32 = RuntimeOptions("onnxruntime" if usable else "torch", "fp32", options.threads)
+        warnings.warn(f"--precision auto: fp32 ({fp32.engine}), not int8: {err.message}",
+                      UserWarning, stacklevel=3)
+        return build_runner(net, meta, bundle, device, fp32, window)
 
 
 def auto_batch_size(runner: Runner, device: torch.device, shape: tuple[int, int, int],
-                    windows: int, cpu_default: int = 2, memory_share: float = 0.5,
+                    windows: int, cpu_default: int = CPU_BATCH, memory_share: float = 0.5,
                     cap_pixels: int = 2**21) -> int:
     """Windows per model call: ``cpu_default`` on CPU; on a GPU, as many as fit in
     ``memory_share`` of the free memory (measured on a trial batch of 2), at most ``cap_pixels``

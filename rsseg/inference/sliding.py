@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
+from rsseg.errors import InputError
 from rsseg.inference.accumulate import RowBandAccumulator
 from rsseg.inference.background import prefetch
 from rsseg.inference.runtime import Runner
@@ -128,16 +129,53 @@ class SlidingWindowPredictor:
                 if col == last_col:  # window row i is complete: the mask of its finished rows
                     rows = Window(0, lay.rows[i], lay.width, lay.finished_rows(i))
                     finished.append((i, scene.valid_mask(reader.read(rows))))
-            pixels = np.stack(pixels)
-            missing = scene.band_missing(pixels)  # (B, C, h, w): these enter as 0, the band mean
-            for b, (i, col) in enumerate(chunk):
-                missing[b, :, lay.height - lay.rows[i]:] = True  # padding below a short scene
-                missing[b, :, :, lay.width - col:] = True  # padding right of a narrow scene
-            x = self.normalise(pixels)
-            if np.issubdtype(pixels.dtype, np.floating):
-                x[~np.isfinite(x)] = 0
-            np.copyto(x, np.float32(0), where=missing)
+            x, _ = model_input(scene, lay, chunk, np.stack(pixels), self.normalise)
             yield _Batch(x, chunk, finished)
+
+
+def model_input(scene: Scene, lay: Layout, windows: list[tuple[int, int]], pixels: np.ndarray,
+                normalise: Normalise) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, C, h, w)`` source ``pixels`` of ``windows`` (window row index, column) → normalised
+    float32 model input (nodata, non-finite values and padding outside the scene as 0, the band
+    mean) and ``(B, h, w)`` bool, True where a pixel holds data in some band."""
+    missing = scene.band_missing(pixels)  # (B, C, h, w): these enter as 0, the band mean
+    for b, (i, col) in enumerate(windows):
+        missing[b, :, lay.height - lay.rows[i]:] = True  # padding below a short scene
+        missing[b, :, :, lay.width - col:] = True  # padding right of a narrow scene
+    x = normalise(pixels)
+    if np.issubdtype(pixels.dtype, np.floating):
+        x[~np.isfinite(x)] = 0
+    np.copyto(x, np.float32(0), where=missing)
+    return x, ~missing.all(axis=1)
+
+
+def sample_windows(scene: Scene, lay: Layout, normalise: Normalise, max_pixels: int = 2**21,
+                   max_windows: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Model input ``(N, C, h, w)`` and valid masks ``(N, h, w)`` of up to ``max_windows``
+    windows of the layout (together at most ``max_pixels`` window pixels, at least 2 windows),
+    spread evenly over the scene in row-major order, skipping windows without valid pixels: the
+    calibration windows of ``--precision int8``. The same scene always gives the same windows.
+    Raises InputError when every window read is nodata."""
+    wanted = max(2, min(max_windows, max_pixels // (lay.win_h * lay.win_w)))
+    windows = [(i, col) for i in range(len(lay.rows)) for col in lay.cols]
+    # every window when few, else 4x the wanted ones evenly; of those holding data, `wanted`
+    # evenly (read again: only the kept windows are held in memory)
+    step = max(1, len(windows) // (4 * wanted))
+    candidates = [w for w in windows[::step] if _window_input(scene, lay, w, normalise)[1].any()]
+    if not candidates:
+        raise InputError(f"{scene.info.path}: every window read for calibration is nodata",
+                         "check the scene and --nodata, or use --precision fp32")
+    keep = np.linspace(0, len(candidates) - 1, min(wanted, len(candidates))).round()
+    inputs, masks = zip(*(_window_input(scene, lay, candidates[int(k)], normalise)
+                          for k in keep), strict=True)
+    return np.concatenate(inputs), np.concatenate(masks)
+
+
+def _window_input(scene: Scene, lay: Layout, window: tuple[int, int], normalise: Normalise
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    i, col = window
+    pixels = scene.read(Window(col, lay.rows[i], lay.win_w, lay.win_h), boundless=True)
+    return model_input(scene, lay, [window], pixels[None], normalise)
 
 
 def strip_start(lay: Layout, i: int) -> int:

@@ -55,7 +55,13 @@ from rsseg.pipelines.jobs import (
     write_summary_files,
 )
 from rsseg.pipelines.outputs import OutputOptions
-from rsseg.pipelines.predict import PredictOptions, predict_scene, predict_strip, scene_layout
+from rsseg.pipelines.predict import (
+    PredictOptions,
+    predict_scene,
+    predict_strip,
+    predict_windows,
+    scene_layout,
+)
 from rsseg.regularizers.multidomain import domain_bundle
 
 if TYPE_CHECKING:
@@ -152,6 +158,8 @@ def predict_batch(args: Sequence[str | Path], model: str | Path, out_dir: str | 
     if notify and results:
         notify(f"{len(results)} of {len(jobs)} scene(s) already predicted in {out_dir}, "
                "skipped (--overwrite redoes them)")
+    if notify and todo and options.predict.tile in (None, "auto"):
+        _say_windows(todo[0], meta, notify)
     try:
         split = round(options.split_mpx * 1e6)
         _run(todo, results, len(jobs), spec, progress, notify, meta, split)
@@ -197,6 +205,19 @@ def _run(todo: Sequence[SceneJob], results: dict[Path, SceneResult], total: int,
                     job, f"the worker predicting it died ({first_line(outcome)})")
             if progress:
                 progress(results[job.out], len(results), total)
+
+
+def _say_windows(job: SceneJob, meta: BundleMeta, notify: Notify) -> None:
+    """``--tile auto``: the windows chosen for the first scene, said once for the batch (a
+    smaller scene gets windows at most its size); bad flags raise, a bad scene is its job's."""
+    try:
+        with open_scene(ensure_vrt(job.scene), nodata=job.options.nodata) as src:
+            height, width = src.info.height, src.info.width
+    except (ConfigError, UsageError):
+        raise
+    except RssegError:
+        return
+    notify(f"{predict_windows(meta, job.options, height, width)[3]}; for {job.scene.label}")
 
 
 def plan_strips(jobs: Sequence[SceneJob], meta: BundleMeta, split: int | None

@@ -24,14 +24,22 @@ from torch import nn
 from rsseg.errors import ConfigError, InputError
 from rsseg.inference.background import BackgroundWorker
 from rsseg.inference.device import resolve_device
+from rsseg.inference.memory import (
+    DEFAULT_MAX_MEMORY,
+    activation_bytes_per_pixel,
+    auto_tile,
+    format_bytes,
+    parse_memory,
+)
 from rsseg.inference.runtime import (
+    CPU_BATCH,
     RuntimeOptions,
     auto_batch_size,
     build_runner,
     check_runtime,
     torch_threads,
 )
-from rsseg.inference.sliding import RowBand, SlidingWindowPredictor
+from rsseg.inference.sliding import RowBand, SlidingWindowPredictor, sample_windows
 from rsseg.io.atomic import check_output
 from rsseg.io.publish import publishing
 from rsseg.io.raster import Scene, open_scene
@@ -46,15 +54,19 @@ from rsseg.tiling.blend import Layout, layout
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(pixels_done, pixels_total)`` after each finished band of rows."""
+Notify = Callable[[str], None]
+"""Called with one line saying a choice made for the user (``--tile auto``, int8's check)."""
 
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """Flags of ``rsseg predict``; ``tile``/``overlap`` None take the bundle's defaults,
-    ``batch_size`` None is 2 on CPU (small batches stay in cache: fastest measured) and
-    what fits the card on a GPU."""
+    """Flags of ``rsseg predict``; ``tile`` ``"auto"`` (or None) is the largest window whose
+    activations fit ``max_memory`` bytes (:mod:`rsseg.inference.memory`), ``overlap`` None the
+    bundle's, ``batch_size`` None is 2 on CPU (small batches stay in cache: fastest measured)
+    and what fits the card on a GPU."""
 
-    tile: int | None = None
+    tile: int | str | None = "auto"
+    max_memory: int | str = DEFAULT_MAX_MEMORY  # --max-memory: bytes, or "1G", "512M"
     overlap: int | None = None
     batch_size: int | None = None
     nodata: float | None = None
@@ -75,6 +87,7 @@ class PredictSummary:
     outputs: tuple[Path, ...] = ()  # every file written, the class raster and its sidecars first
     vector: VectorSummary | None = None
     batch_size: int = 8  # windows per model call, as chosen
+    tile: int = 0  # window side, as chosen
 
     @property
     def mpx_per_s(self) -> float:
@@ -84,10 +97,11 @@ class PredictSummary:
 def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
                   options: PredictOptions = PredictOptions(),
                   progress: Progress | None = None,
-                  loader: Callable[[Path], tuple[nn.Module, BundleMeta]] = load_bundle
-                  ) -> PredictSummary:
+                  loader: Callable[[Path], tuple[nn.Module, BundleMeta]] = load_bundle,
+                  notify: Notify | None = None) -> PredictSummary:
     """Predict ``scene`` with the bundle ``model`` into the class raster ``out``; ``loader``
-    loads the bundle (a batch passes one that keeps it loaded from scene to scene).
+    loads the bundle (a batch passes one that keeps it loaded from scene to scene); ``notify``
+    receives the lines saying the window chosen by ``--tile auto`` and int8's agreement.
 
     Raises InputError/ConfigError/OutputError (one line each) for bad input; flags, output, bundle
     and scene header are checked before predicting. Whatever fails, nothing appears at ``out``.
@@ -95,8 +109,6 @@ def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
     out = check_output(out, options.overwrite, file=True)
     model = domain_bundle(model, options.domain)  # --domain NAME (multidomain runs)
     net, meta = loader(model)
-    tile, overlap, multiple = resolve_windows(meta, options.tile, options.overlap,
-                                             options.batch_size)
     check_outputs(options.outputs, out, Path(scene), meta, options.overwrite)
     device = resolve_device(options.device)
     check_runtime(options.runtime, device)
@@ -105,9 +117,15 @@ def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
         src = _in_model_band_order(src, meta, Path(model))
         check_radiometry(src, meta)
         info, classes = src.info, meta.class_table()
+        tile, overlap, multiple, choice = predict_windows(meta, options, info.height, info.width)
+        if choice and notify:
+            notify(choice)
         lay = layout(info.height, info.width, tile, overlap, multiple)
         runner = build_runner(net, meta, Path(model), device, options.runtime,
-                              (lay.win_h, lay.win_w))
+                              (lay.win_h, lay.win_w), lambda: sample_windows(src, lay,
+                                                                              meta.normalise))
+        if getattr(runner, "note", None) and notify:
+            notify(runner.note)
         batch_size = options.batch_size or auto_batch_size(
             runner, device, (len(meta.bands), lay.win_h, lay.win_w), lay.count)
         predictor = SlidingWindowPredictor(runner, meta.normalise, meta.model.classes, tile,
@@ -131,7 +149,7 @@ def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
                     background.submit(finish, band)
         seconds = time.perf_counter() - start
     return PredictSummary(out, info.width, info.height, lay.count, seconds, tuple(pub.outputs),
-                          extras.vector_summary, batch_size)
+                          extras.vector_summary, batch_size, tile)
 
 
 def predict_strip(scene: str | Path, model: str | Path, options: PredictOptions,
@@ -143,15 +161,16 @@ def predict_strip(scene: str | Path, model: str | Path, options: PredictOptions,
     workers, equal to the same rows of :func:`predict_scene`'s class raster."""
     model = domain_bundle(model, options.domain)
     net, meta = loader(model)
-    tile, overlap, multiple = resolve_windows(meta, options.tile, options.overlap,
-                                             options.batch_size)
     device = resolve_device(options.device)
     check_runtime(options.runtime, device)
     with torch_threads(options.runtime.threads), open_scene(scene, nodata=options.nodata) as src:
         src = _in_model_band_order(src, meta, Path(model))
+        tile, overlap, multiple, _ = predict_windows(meta, options, src.info.height,
+                                                     src.info.width)
         lay = layout(src.info.height, src.info.width, tile, overlap, multiple)
         runner = build_runner(net, meta, Path(model), device, options.runtime,
-                              (lay.win_h, lay.win_w))
+                              (lay.win_h, lay.win_w), lambda: sample_windows(src, lay,
+                                                                              meta.normalise))
         batch_size = options.batch_size or auto_batch_size(
             runner, device, (len(meta.bands), lay.win_h, lay.win_w), lay.count)
         predictor = SlidingWindowPredictor(runner, meta.normalise, meta.model.classes, tile,
@@ -173,11 +192,44 @@ def resolve_windows(meta: BundleMeta, tile: int | None, overlap: int | None,
     return tile, overlap, multiple
 
 
+def predict_windows(meta: BundleMeta, options: PredictOptions, height: int, width: int
+                    ) -> tuple[int, int, int, str | None]:
+    """Window side, overlap, the model's required multiple and, for ``--tile auto``, the line
+    saying what was chosen and why (None for a tile given in pixels); checked, one-line errors
+    for bad values."""
+    if options.tile not in (None, "auto"):
+        return *resolve_windows(meta, _tile_pixels(options.tile), options.overlap,
+                                options.batch_size), None
+    overlap = meta.overlap if options.overlap is None else options.overlap
+    multiple = required_multiple(meta.model)
+    budget = parse_memory(options.max_memory)
+    batch = options.batch_size or CPU_BATCH
+    per_pixel = activation_bytes_per_pixel(meta.model, multiple)
+    tile = auto_tile(per_pixel, max(1, batch), budget, multiple, meta.tile, overlap, height,
+                     width)
+    _check_options(tile, overlap, options.batch_size, multiple, meta)
+    work = (tile / (tile - overlap)) ** 2
+    return tile, overlap, multiple, (
+        f"Windows of {tile}² px, overlap {overlap} (--tile auto: the largest multiple of "
+        f"{multiple} whose batch of {batch} fits --max-memory {format_bytes(budget)} at "
+        f"{format_bytes(per_pixel)} of activations per pixel, at most the scene's size; each "
+        f"scene pixel computed {work:.2f} times, {(meta.tile / (meta.tile - overlap)) ** 2:.2f} "
+        f"at the bundle's tile {meta.tile})")
+
+
+def _tile_pixels(tile: int | str) -> int:
+    try:
+        return int(tile)
+    except ValueError:
+        raise ConfigError(f"--tile {tile!r} is neither auto nor a number of pixels",
+                          "use --tile auto or e.g. --tile 512") from None
+
+
 def scene_layout(scene: str | Path, meta: BundleMeta, options: PredictOptions) -> Layout:
     """The window layout :func:`predict_scene` uses for ``scene`` (its header only)."""
-    tile, overlap, multiple = resolve_windows(meta, options.tile, options.overlap,
-                                             options.batch_size)
     with open_scene(scene, nodata=options.nodata) as src:
+        tile, overlap, multiple, _ = predict_windows(meta, options, src.info.height,
+                                                     src.info.width)
         return layout(src.info.height, src.info.width, tile, overlap, multiple)
 
 
