@@ -238,11 +238,12 @@ def test_a_large_scene_is_split_into_strips_over_the_workers(cluster, geotiff_fa
     scene = geotiff_factory("big.tif", pixels, nodata=0)
     with get_task_stream(cluster) as stream:
         result = run_cli("predict", scene, "--model", unet_bundle, "--out-dir", tmp_path / "out",
-                         "--cluster", cluster.scheduler.address, "--split-mpx", 0.002)
+                         "--cluster", cluster.scheduler.address, "--split-mpx", 0.002,
+                         "--tile", 32)
     assert result.exit_code == 0, result
     strips = [t for t in stream.data if "predict_task" in t["key"]]
     assert len(strips) == 5 and len({t["worker"] for t in strips}) == 2, strips
-    predict_scene(scene, unet_bundle, tmp_path / "one.tif", PredictOptions())
+    predict_scene(scene, unet_bundle, tmp_path / "one.tif", PredictOptions(tile=32))
     split, one = _classes(tmp_path / "out" / "big_pred.tif"), _classes(tmp_path / "one.tif")
     assert split.shape == one.shape == (150, 60)
     assert (split == one).mean() >= 0.9999

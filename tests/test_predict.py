@@ -96,7 +96,7 @@ def test_output_is_a_georeferenced_cog_with_colours_and_names(geotiff_factory, m
                                                               tmp_path) -> None:
     pixels = _pixels(520, 600, seed=1)
     scene = geotiff_factory("scene.tif", pixels, nodata=NODATA, blocksize=256)
-    summary = predict_scene(scene, models["pixel"], tmp_path / "pred.tif")
+    summary = predict_scene(scene, models["pixel"], tmp_path / "pred.tif", PredictOptions(tile=32))
     assert summary.windows == 22 * 25  # tile 32, overlap 8: steps of 24, last shifted inside
     with rasterio.open(scene) as src, rasterio.open(tmp_path / "pred.tif") as out:
         assert (out.crs, out.transform, out.width, out.height) == (

@@ -4,6 +4,8 @@ whole-scene stitcher, side by side in one run.
     python tools/bench_predict.py --size 2048 --overlap 64 \\
         --modes torch:fp32,onnxruntime:fp32,torch:bf16 --json
     python tools/bench_predict.py --model demo/model.rsseg --scene scene.tif --modes ...
+    python tools/bench_predict.py --size 2048 --json \
+        --modes torch:fp32,onnxruntime:fp32,onnxruntime:int8,torch:fp32@auto,onnxruntime:int8@auto
 
 Without ``--model``/``--scene`` it generates a 3-band uint8 scene (tiled, DEFLATE) of ``--size``²
 and a randomly initialised bundle (resnet18 U-Net by default). All speeds are scene megapixels
@@ -19,6 +21,14 @@ per second over the same windows (tile ``--tile``, overlap ``--overlap``):
   predict`` run as a subprocess on the ``--rss-size`` scene, with its wall time ``rss_run_s``);
 - ``peer_mpx_s``/``peer_rss_mb``: a naive stitcher (whole scene read into memory, eager fp32,
   full-scene probability sums, argmax at the end) on the same model and scene, as a subprocess.
+
+A mode is ``backend:precision`` (``onnxruntime:int8``: calibrated on the scene's windows, its
+``calibration_agreement`` reported), optionally ``@auto`` or ``@N`` for its window side
+(``--tile auto``: the largest window fitting ``--max-memory``; ``tile`` and ``work`` — window
+pixels per scene pixel — are reported). Every agreement is against ``torch:fp32`` at ``--tile``,
+so a ``@auto`` row shows what the larger windows change. With ``--reference`` (a dense class
+raster on the scene's grid, e.g. the NC 1996 map; ``--exclude`` its training pixels) each mode
+gets ``kappa`` and ``kappa_diff`` (minus torch:fp32's).
 
 Modes the machine cannot run (e.g. bf16 without native support) are reported with their error.
 """
@@ -47,9 +57,12 @@ from rsseg.inference.runtime import (
     build_runner,
     torch_threads,
 )
+from rsseg.inference.sliding import sample_windows
+from rsseg.io.raster import open_scene
 from rsseg.models.bundle import BundleMeta, load_bundle, save_bundle
 from rsseg.models.factory import ModelSpec, build_model, required_multiple
-from rsseg.pipelines.predict import PredictOptions, predict_scene
+from rsseg.pipelines.evaluate import evaluate
+from rsseg.pipelines.predict import PredictOptions, predict_scene, predict_windows
 from rsseg.tiling.blend import Layout, layout
 
 BANDS = 3
@@ -185,43 +198,58 @@ def peer_predict(scene: Path, bundle: Path, out: Path, tile: int, overlap: int,
 def bench_mode(mode: str, bundle: Path, scene: Path, rss_scene: Path, folder: Path,
                args: argparse.Namespace, reference: np.ndarray | None) -> tuple[dict, np.ndarray]:
     """One mode's figures and its class raster."""
-    backend, precision = mode.split(":")
+    spec, _, tile = mode.partition("@")
+    backend, precision = spec.split(":")
     options = RuntimeOptions(backend=backend, precision=precision, threads=args.threads)
     device = resolve_device(args.device)
     net, meta = load_bundle(bundle)
+    tile = tile or str(args.tile)
     with rasterio.open(scene) as src:
         height, width = src.height, src.width
-    lay = layout(height, width, args.tile, args.overlap, required_multiple(meta.model))
+    window, overlap, multiple, _ = predict_windows(meta, PredictOptions(
+        tile=tile, overlap=args.overlap, batch_size=args.batch_size,
+        max_memory=args.max_memory), height, width)
+    lay = layout(height, width, window, overlap, multiple)
     shape = (len(meta.bands), lay.win_h, lay.win_w)
-    with torch_threads(args.threads):
-        runner = build_runner(net, meta, bundle, device, options, (lay.win_h, lay.win_w))
+    with torch_threads(args.threads), open_scene(scene) as src:
+        runner = build_runner(net, meta, bundle, device, options, (lay.win_h, lay.win_w),
+                              lambda: sample_windows(src, lay, meta.normalise))
         batch = args.batch_size or auto_batch_size(runner, device, shape, lay.count)
         bare_s = min(model_seconds(probabilities(runner), shape, batch_sizes(lay, batch))
                      for _ in range(args.repeat))
         diff = max_logit_diff(runner, load_bundle(bundle)[0], shape)
     predict_s = float("inf")
-    out = folder / f"pred_{backend}_{precision}.tif"
+    out = folder / f"pred_{backend}_{precision}_{tile}.tif"
+    notes: list[str] = []
     for _ in range(args.repeat):
         summary = predict_scene(scene, bundle, out, PredictOptions(
-            tile=args.tile, overlap=args.overlap, batch_size=batch, device=args.device,
-            overwrite=True, runtime=options))
+            tile=tile, overlap=args.overlap, batch_size=batch, device=args.device,
+            overwrite=True, runtime=options, max_memory=args.max_memory), notify=notes.append)
         predict_s = min(predict_s, summary.seconds)
     with rasterio.open(out) as pred:
         classes = pred.read(1)
     pixels = height * width / 1e6
     result = {"batch_size": batch, "bare_mpx_s": round(pixels / bare_s, 4),
               "predict_mpx_s": round(pixels / predict_s, 4),
-              "ratio": round(bare_s / predict_s, 3), "max_abs_logit_diff": float(f"{diff:.3g}")}
+              "ratio": round(bare_s / predict_s, 3), "max_abs_logit_diff": float(f"{diff:.3g}"),
+              "tile": window, "work": round(lay.count * lay.win_h * lay.win_w / height / width, 3)}
+    agreement = [n for n in notes if n.startswith("int8: agrees with fp32 on ")]
+    if agreement:
+        result["calibration_agreement"] = agreement[0].split()[5]
     if reference is not None:
         valid = reference != 255
         result["agreement"] = round(float((classes[valid] == reference[valid]).mean()), 5)
+    if args.reference:
+        result["kappa"] = round(evaluate(out, args.reference, exclude=args.exclude).scores.kappa,
+                                5)
     if args.rss_modes and mode not in args.rss_modes.split(","):
         return result, classes
-    flags = ["--backend", backend, "--precision", precision, "--batch-size", str(batch)]
+    flags = ["--backend", backend, "--precision", precision, "--batch-size", str(batch),
+             "--max-memory", str(args.max_memory)]
     if args.threads:
         flags += ["--threads", str(args.threads)]
     rss, wall = child_run(["predict", str(rss_scene), "--model", str(bundle), "--out",
-                           str(folder / "rss_pred.tif"), "--overwrite", "--tile", str(args.tile),
+                           str(folder / "rss_pred.tif"), "--overwrite", "--tile", tile,
                            "--overlap", str(args.overlap), "--device", args.device, *flags])
     result.update(rss_mb=round(rss, 1), rss_run_s=round(wall, 1))
     return result, classes
@@ -278,6 +306,9 @@ def run(args: argparse.Namespace) -> dict:
         for figures in result["modes"].values():
             if "predict_mpx_s" in figures:
                 figures["vs_peer"] = round(figures["predict_mpx_s"] / result["peer_mpx_s"], 3)
+            if "kappa" in figures and "kappa" in result["modes"]["torch:fp32"]:
+                figures["kappa_diff"] = round(
+                    figures["kappa"] - result["modes"]["torch:fp32"]["kappa"], 5)
     return result
 
 
@@ -302,6 +333,11 @@ def main() -> None:
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--max-memory", default="1G", help="for the @auto modes' windows")
+    parser.add_argument("--reference", type=Path,
+                        help="dense class raster on the scene's grid: Kappa per mode")
+    parser.add_argument("--exclude", type=Path, help="with --reference: pixels not scored "
+                        "(e.g. the training pixels)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="[default: 2 on CPU, automatic on GPU; eager: 8]")
     parser.add_argument("--threads", type=int, default=None)

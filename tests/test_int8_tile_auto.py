@@ -1,0 +1,172 @@
+"""``predict --tile auto`` (the largest window whose activations fit --max-memory) and
+``--precision int8|auto`` (ONNX Runtime QDQ calibrated on the scene's windows, verified, cached)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from rsseg.errors import ConfigError
+from rsseg.inference import quantize
+from rsseg.inference.memory import activation_bytes_per_pixel, auto_tile, parse_memory
+from rsseg.inference.runtime import RuntimeOptions, check_runtime
+from rsseg.models.bundle import BundleMeta, save_bundle
+from rsseg.models.factory import ModelSpec, build_model
+from rsseg.pipelines.predict import PredictOptions, predict_scene
+
+CPU = torch.device("cpu")
+SPEC = ModelSpec(arch="unet", in_channels=3, classes=3,
+                 kwargs={"encoder_depth": 3, "decoder_channels": (16, 8, 8)})
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    meta = BundleMeta(model=SPEC, tile=32, overlap=8,
+                      bands=[{"name": n, "mean": 100.0, "std": 40.0} for n in "rgb"],
+                      classes=[{"id": k, "name": f"c{k}", "color": (80 * k, 90, 10)}
+                               for k in range(3)])
+    return save_bundle(tmp_path_factory.mktemp("int8") / "m.rsseg", build_model(SPEC), meta)
+
+
+@pytest.fixture
+def scene(geotiff_factory) -> Path:
+    """Smooth structure (so classes form regions, as in imagery) plus a little noise."""
+    rows, cols = np.mgrid[0:120, 0:100]
+    base = 100 + 60 * np.sin(rows / 9.0)[None] * np.cos(cols / 13.0)[None]
+    noise = np.random.default_rng(0).normal(0, 8, (3, 120, 100))
+    pixels = np.clip(base + noise + np.arange(3)[:, None, None] * 15, 1, 255).astype(np.uint8)
+    return geotiff_factory("scene.tif", pixels, nodata=0)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RSSEG_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _classes(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+@pytest.mark.parametrize(("text", "value"), [("1G", 1 << 30), ("512M", 512 << 20),
+                                             ("1.5GiB", 3 << 29), ("300mb", 300 << 20),
+                                             ("4096", 4096), (2048, 2048)])
+def test_memory_amounts_parse(text, value) -> None:
+    assert parse_memory(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1G", "0", "1X"])
+def test_bad_memory_amounts_are_one_line(text) -> None:
+    with pytest.raises(ConfigError, match="is not an amount of memory"):
+        parse_memory(text)
+
+
+def test_activation_probe_counts_every_operator_output() -> None:
+    per_pixel = activation_bytes_per_pixel(SPEC, 8)
+    # at least the input (3 floats) and the widest full-resolution map: 8 channels, two alive
+    assert 3 * 4 + 2 * 8 * 4 <= per_pixel < 4096
+
+
+def test_auto_tile_is_the_largest_multiple_that_fits() -> None:
+    # 400 B/px, batch 2, 1 GiB: sqrt(2**30 / 800) = 1158.5 -> 1152
+    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 10_000, 10_000) == 1152
+    assert auto_tile(400, 1, 1 << 30, 32, 256, 64, 10_000, 10_000) == 1632
+    assert auto_tile(1, 2, 1 << 30, 32, 256, 64, 10_000, 10_000) == 2048  # capped
+    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 300, 200) == 320  # the scene's size
+    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 20, 20) == 96  # above the overlap
+    with pytest.raises(ConfigError, match=r"too small for one batch of 2 window\(s\) of 256².*"
+                                          r"at least 50 MiB is needed"):
+        auto_tile(400, 2, 10 << 20, 32, 256, 64, 10_000, 10_000)
+
+
+def test_tile_auto_is_the_default_and_printed_once(bundle, scene, tmp_path, run_cli) -> None:
+    result = run_cli("predict", scene, "--model", bundle, "--out", tmp_path / "a.tif")
+    assert result.exit_code == 0, result
+    assert result.stdout.count("Windows of ") == 1
+    assert "Windows of 120² px, overlap 8 (--tile auto" in result.stdout  # the scene's size
+    fixed = run_cli("predict", scene, "--model", bundle, "--out", tmp_path / "b.tif",
+                    "--tile", 32)
+    assert fixed.exit_code == 0 and "Windows of" not in fixed.stdout
+    # one window vs blended 32² windows: mostly the same classes
+    assert (_classes(tmp_path / "a.tif") == _classes(tmp_path / "b.tif")).mean() > 0.8
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--max-memory", "1K"], "--max-memory 1 KiB is too small for one batch of 2 window(s) "
+                             "of 32²"),
+    (["--max-memory", "lots"], "--max-memory 'lots' is not an amount of memory"),
+    (["--tile", "big"], "--tile 'big' is neither auto nor a number of pixels"),
+    (["--precision", "int8", "--backend", "torch"],
+     "--precision int8 runs with --backend onnxruntime only, not torch"),
+])
+def test_bad_flags_are_one_line(bundle, scene, tmp_path, run_cli, flags, message) -> None:
+    result = run_cli("predict", scene, "--model", bundle, "--out", tmp_path / "p.tif", *flags)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result
+    assert message in result.stderr
+    assert not (tmp_path / "p.tif").exists()
+
+
+@pytest.mark.parametrize(("options", "device", "message"), [
+    (RuntimeOptions(precision="int8"), torch.device("cuda"), "int8 runs on the CPU only"),
+    (RuntimeOptions(backend="torch", precision="int8"), CPU, "with --backend onnxruntime only"),
+    (RuntimeOptions(backend="onnxruntime", precision="bf16"), CPU, "runs fp32 or int8"),
+])
+def test_int8_where_it_cannot_run(options, device, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_runtime(options, device)
+
+
+def test_int8_agrees_with_fp32_and_is_cached(bundle, scene, tmp_path, cache,
+                                             monkeypatch) -> None:
+    pytest.importorskip("onnxruntime")
+    lines: list[str] = []
+    fp32 = PredictOptions(tile=64, runtime=RuntimeOptions(backend="onnxruntime", threads=1))
+    int8 = PredictOptions(tile=64, runtime=RuntimeOptions(precision="int8", threads=1))
+    predict_scene(scene, bundle, tmp_path / "fp32.tif", fp32)
+    predict_scene(scene, bundle, tmp_path / "int8.tif", int8, notify=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("int8: agrees with fp32 on "), lines
+    a, b = _classes(tmp_path / "fp32.tif"), _classes(tmp_path / "int8.tif")
+    assert (a == b).mean() >= 0.98
+    (graph,) = (cache / "int8").iterdir()
+    stamp = graph.stat().st_mtime_ns
+
+    def no_quantizing(*args, **kwargs):
+        raise AssertionError("quantized again")
+
+    monkeypatch.setattr(quantize, "_quantize", no_quantizing)
+    predict_scene(scene, bundle, tmp_path / "int8b.tif", int8)
+    assert graph.stat().st_mtime_ns == stamp  # reused, verified, not re-quantized
+    np.testing.assert_array_equal(b, _classes(tmp_path / "int8b.tif"))
+
+
+def test_int8_refused_below_agreement_unless_auto(bundle, scene, tmp_path, run_cli,
+                                                  monkeypatch) -> None:
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)  # nothing can reach it
+    args = ("predict", scene, "--model", bundle, "--tile", 64, "--threads", 1)
+    refused = run_cli(*args, "--out", tmp_path / "int8.tif", "--precision", "int8")
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1, refused
+    assert "int8 agrees with fp32 on only" in refused.stderr
+    assert not (tmp_path / "int8.tif").exists() and not (tmp_path / "cache" / "int8").exists()
+    auto = run_cli(*args, "--out", tmp_path / "auto.tif", "--precision", "auto")
+    assert auto.exit_code == 0, auto
+    assert "Warning: --precision auto: fp32 (onnxruntime), not int8: int8 agrees" in auto.stderr
+    assert run_cli(*args, "--out", tmp_path / "fp32.tif").exit_code == 0
+    np.testing.assert_array_equal(_classes(tmp_path / "auto.tif"),
+                                  _classes(tmp_path / "fp32.tif"))
+
+
+def test_int8_calibration_on_an_all_nodata_scene_is_one_line(bundle, geotiff_factory, tmp_path,
+                                                            run_cli) -> None:
+    pytest.importorskip("onnxruntime")
+    empty = geotiff_factory("empty.tif", np.zeros((3, 40, 40), dtype=np.uint8), nodata=0)
+    result = run_cli("predict", empty, "--model", bundle, "--out", tmp_path / "p.tif",
+                     "--precision", "int8")
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result
+    assert "every window read for calibration is nodata" in result.stderr
