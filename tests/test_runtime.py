@@ -53,7 +53,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (RuntimeOptions(precision="fp16"), CPU, "fp16 runs on a GPU only"),
     (RuntimeOptions(threads=0), CPU, "--threads 0 must be at least 1"),
     (RuntimeOptions(threads=-2), CPU, "--threads -2 must be at least 1"),
-    (RuntimeOptions(backend="onnxruntime", precision="bf16"), CPU, "runs fp32 only"),
+    (RuntimeOptions(backend="onnxruntime", precision="bf16"), CPU, "runs fp32 or int8"),
     (RuntimeOptions(backend="onnxruntime"), torch.device("cuda"), "CPU only"),
     (RuntimeOptions(backend="tensorrt"), CPU, "unknown backend 'tensorrt'"),
 ])
