@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ from rsseg.labels import VECTOR_SUFFIXES, read_label_raster
 from rsseg.models import parts
 from rsseg.models.bundle import BundleMeta, read_meta
 from rsseg.pipelines.batch import cached_bundle
-from rsseg.pipelines.jobs import cluster_session
+from rsseg.pipelines.jobs import cluster_session, first_line
 from rsseg.pipelines.predict import _in_model_band_order, resolve_windows
 from rsseg.pipelines.radiometry import check_radiometry
 from rsseg.regularizers.base import capture
@@ -90,6 +91,7 @@ MAX_CENTRES = 256  # labelled pixels per scene whose features count as already p
 FEATURE_BATCH = 4  # windows per model call of the feature pass (without --batch-size)
 FIELDS = ("predicted", "confidence", "uncertainty", "rank", "scene")  # after the label column
 
+T = TypeVar("T")
 LabelledMask = Callable[[SceneInfo], "np.ndarray | None"]
 """A scene's header → ``(H, W)`` bool, True where a pixel is already labelled (None: none is)."""
 
@@ -162,7 +164,7 @@ def check_suggest_options(options: SuggestOptions) -> None:
 @dataclass(frozen=True)
 class SceneTask:
     """One scene's work, picklable for Dask workers: its pass (:func:`scan_scene`), or the
-    features at pixels ``rows``, ``cols`` and ``centres`` (:func:`scene_features`)."""
+    features at its pixels ``rows``, ``cols`` (:func:`scene_features`)."""
 
     index: int  # the scene's place among the scenes (Candidates.scene)
     path: Path
@@ -206,7 +208,7 @@ def suggest_points(scenes: Sequence[str | Path], model: str | Path,
         options = replace(options, threads=spec.threads_per_worker)
     tasks = [SceneTask(i, Path(p), model, options, labelled) for i, p in enumerate(scenes)]
     with cluster_session(spec, notify) as client:
-        done = {task.index: scan for task, scan in run_tasks(scan_scene, tasks, client)}
+        done = _run(scan_scene, tasks, client)
         scans = [done[i] for i in range(len(tasks))]
         eligible = sum(s.eligible for s in scans)
         if options.n > eligible:
@@ -232,6 +234,19 @@ def suggest_points(scenes: Sequence[str | Path], model: str | Path,
 
 
 UNCERTAIN = ("uncertainty", "hybrid")  # strategies whose candidates are the most uncertain
+
+
+def _run(fn: Callable[[SceneTask], T], tasks: Sequence[SceneTask], client: object | None
+         ) -> dict[int, T]:
+    """``fn(task)`` by scene index, in this process or on the cluster; the first error stops
+    the run (every scene counts in the one ranking), a worker that kept dying included."""
+    out = {}
+    for task, result in run_tasks(fn, tasks, client):
+        if isinstance(result, BaseException):  # KilledWorker
+            raise InputError(f"{task.path}: the worker running it died ({first_line(result)})",
+                             "check the workers' memory and logs")
+        out[task.index] = result
+    return out
 
 
 def _pool_cap(options: SuggestOptions) -> int:
@@ -331,7 +346,7 @@ def _features(tasks: Sequence[SceneTask], scans: Sequence[SceneScan], cands: Can
         cols = np.concatenate([cands.col[mine[task.index]], scan.centres[1]]).astype(np.int64)
         if len(rows):
             todo.append(replace(task, labelled=None, rows=rows, cols=cols))
-    found = {task.index: feats for task, feats in run_tasks(scene_features, todo, client)}
+    found = _run(scene_features, todo, client)
     dim = next(iter(found.values())).shape[1] if found else 1
     features = np.zeros((len(cands), dim), np.float32)
     centres = []
