@@ -154,6 +154,44 @@ def test_tile_starts_its_own_local_cluster(geotiff_factory, tmp_path, run_cli) -
     assert "Wrote 15 tiles" in result.stdout  # 2x3 + 3x3 windows of 20 px
 
 
+def _polygons(path: Path) -> list[tuple[int, str]]:
+    import pyogrio
+
+    frame = pyogrio.read_dataframe(path)
+    return sorted(zip(frame.class_id.tolist(), frame.geometry.to_wkt().tolist(), strict=True))
+
+
+def test_vectorize_on_the_cluster_writes_the_polygons_of_one_process(cluster, geotiff_factory,
+                                                                     tmp_path, run_cli) -> None:
+    rng = np.random.default_rng(3)
+    rasters = [geotiff_factory(f"c{i}.tif", rng.integers(0, 3, (24, 30 + i)).astype(np.uint8),
+                               nodata=255) for i in range(3)]
+    here = run_cli("vectorize", *rasters, "--out-dir", tmp_path / "here")
+    with get_task_stream(cluster) as stream:
+        there = run_cli("vectorize", *rasters, "--out-dir", tmp_path / "there",
+                        "--cluster", cluster.scheduler.address)
+    assert here.exit_code == there.exit_code == 0, (here, there)
+    assert "Dask cluster: 2 worker(s)" in there.stdout
+    assert sum("vectorize_job" in task["key"] for task in stream.data) == 3  # one per raster
+    for raster in rasters:
+        polygons = _polygons(tmp_path / "here" / f"{raster.stem}.gpkg")
+        assert len(polygons) > 10
+        assert _polygons(tmp_path / "there" / f"{raster.stem}.gpkg") == polygons
+
+
+def test_tile_bad_cluster_flags_are_one_line_and_nothing_written(geotiff_factory, tmp_path,
+                                                                 run_cli) -> None:
+    scenes = _scenes(geotiff_factory, 2)
+    for flag, message in (("local:0", "local workers must be at least 1"),
+                          ("tcp://127.0.0.1:1", "cannot reach the Dask scheduler")):
+        start = time.monotonic()
+        result = run_cli("tile", *scenes, "--out", tmp_path / "tiles", "--cluster", flag)
+        assert time.monotonic() - start < 10
+        assert result.exit_code == 1 and result.stderr.count("\n") == 1, result
+        assert message in result.stderr
+        assert not (tmp_path / "tiles").exists()
+
+
 def _die_once(marker: str) -> None:
     """On a worker: the first scene any patched worker starts kills its process."""
     from rsseg.pipelines import batch

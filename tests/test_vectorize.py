@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 
 import numpy as np
@@ -180,6 +182,75 @@ def test_vectorize_bad_input(case, tmp_path, geotiff_factory, run_cli) -> None:
     before = set(tmp_path.rglob("*"))
     result = run_cli("vectorize", raster, *[a.format(tmp=tmp_path) for a in args])
     assert result.exit_code == 1, result
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert re.search(message, result.stderr), result.stderr
+    assert set(tmp_path.rglob("*")) == before
+
+
+def _polygons(path) -> list[tuple[int, str]]:
+    frame = pyogrio.read_dataframe(path)
+    return _canonical(frame.geometry.values, frame.class_id)
+
+
+def test_many_rasters_one_file_each_a_summary_and_a_resumable_rerun(tmp_path, run_cli) -> None:
+    rasters = [_write_classes(tmp_path / "in" / f"p{i}.tif", _classes(30, 20 + i, seed=i))
+               for i in (0, 2)]
+    rasters.insert(1, tmp_path / "in" / "p1.tif")
+    rasters[1].write_bytes(b"corrupt")
+    out = tmp_path / "polys"
+    result = run_cli("vectorize", tmp_path / "in", "--out-dir", out, "--format", "fgb")
+    assert result.exit_code == 1 and "1 of 3 scene(s) failed" in result.stderr, result
+    assert sorted(p.name for p in out.iterdir()) == ["p0.fgb", "p2.fgb", "summary.csv",
+                                                     "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["status"] for r in summary["results"]] == ["ok", "failed", "ok"]
+    assert "not a readable raster" in summary["results"][1]["error"]
+    for raster in (rasters[0], rasters[2]):  # each equals the raster vectorized alone
+        assert run_cli("vectorize", raster, "--out", tmp_path / "one.fgb",
+                       "--overwrite").exit_code == 0
+        assert _polygons(out / f"{raster.stem}.fgb") == _polygons(tmp_path / "one.fgb")
+    rasters[1].unlink()
+    _write_classes(rasters[1], _classes(30, 21, seed=1))  # fixed: the rerun does only p1
+    rerun = run_cli("vectorize", tmp_path / "in", "--out-dir", out, "--format", "fgb", "--json")
+    assert rerun.exit_code == 0, rerun
+    report = json.loads(rerun.stdout)
+    assert (report["ok"], report["skipped"], report["failed"]) == (1, 2, 0)
+    os.utime(rasters[0])  # the raster changed after its polygons: never overwritten silently
+    stale = run_cli("vectorize", tmp_path / "in", "--out-dir", out, "--format", "fgb")
+    assert stale.exit_code == 1 and "p0.fgb exists and is older than" in stale.stdout, stale
+    again = run_cli("vectorize", tmp_path / "in", "--out-dir", out, "--format", "fgb",
+                    "--overwrite")
+    assert again.exit_code == 0 and "Vectorized 3 scene(s)" in again.stdout, again
+
+
+BAD_MANY = {
+    "--out with several": (["{r}", "{r2}", "--out", "{tmp}/p.gpkg"], 2,
+                           r"--out names the polygon file of one scene.*--out-dir"),
+    "no --out-dir": (["{r}", "{r2}"], 2, r"several class rasters .* need --out-dir"),
+    "no --out": (["{r}"], 2, r"--out is missing.*--out-dir"),
+    "out-dir is a file": (["{r}", "{r2}", "--out-dir", "{r2}"], 1, r"--out-dir .*r2.tif is a file"),
+    "folder without rasters": (["{tmp}/empty", "--out-dir", "{tmp}/o"], 1,
+                               r"empty: no rasters in this folder"),
+    "pattern matching nothing": (["{tmp}/*.jp2", "--out-dir", "{tmp}/o"], 1,
+                                 r"matches no raster file"),
+    "bad format": (["{r}", "{r2}", "--out-dir", "{tmp}/o", "--format", "shp"], 1,
+                   r"--format .*unsupported extension '\.shp'"),
+    "cluster local:0": (["{r}", "{r2}", "--out-dir", "{tmp}/o", "--cluster", "local:0"], 1,
+                        r"local workers must be at least 1"),
+    "unreachable scheduler": (["{r}", "{r2}", "--out-dir", "{tmp}/o", "--cluster",
+                               "tcp://127.0.0.1:1"], 1, r"cannot reach the Dask scheduler"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MANY)
+def test_vectorize_many_bad_input(case, tmp_path, run_cli) -> None:
+    args, code, message = BAD_MANY[case]
+    r = _write_classes(tmp_path / "r.tif", _classes(8, 8, seed=0))
+    r2 = _write_classes(tmp_path / "r2.tif", _classes(8, 8, seed=1))
+    (tmp_path / "empty").mkdir()
+    before = set(tmp_path.rglob("*"))
+    result = run_cli("vectorize", *[a.format(tmp=tmp_path, r=r, r2=r2) for a in args])
+    assert result.exit_code == code, result
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
     assert re.search(message, result.stderr), result.stderr
     assert set(tmp_path.rglob("*")) == before

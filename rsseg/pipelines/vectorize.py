@@ -204,13 +204,13 @@ def vectorize_batch(args: Sequence[str | Path], out_dir: str | Path,
     start = time.perf_counter()
     results = {j.out: _existing(j) for j in jobs if j.out.exists() and not options.overwrite}
     todo = [j for j in jobs if j.out not in results]
-    out_dir.mkdir(parents=True, exist_ok=True)
     skipped = sum(r.status == "skipped" for r in results.values())
-    if notify and skipped:
-        notify(f"{skipped} of {len(jobs)} raster(s) already vectorized in {out_dir}, "
-               "skipped (--overwrite redoes them)")
-    try:
-        with cluster_session(spec, notify) as client:
+    with cluster_session(spec, notify) as client:  # an unreachable scheduler: nothing written
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if notify and skipped:
+            notify(f"{skipped} of {len(jobs)} raster(s) already vectorized in {out_dir}, "
+                   "skipped (--overwrite redoes them)")
+        try:
             for done, result in enumerate(results.values(), start=1):
                 if progress:
                     progress(result, done, len(jobs))
@@ -219,11 +219,11 @@ def vectorize_batch(args: Sequence[str | Path], out_dir: str | Path,
                     job, f"the worker vectorizing it died ({first_line(outcome)})")
                 if progress:
                     progress(results[job.out], len(results), len(jobs))
-    finally:
-        ordered = tuple(results[j.out] for j in jobs if j.out in results)
-        if ordered:
-            rows = [r.row() for r in ordered]
-            write_summary_files(out_dir, rows, rows)
+        finally:
+            ordered = tuple(results[j.out] for j in jobs if j.out in results)
+            if ordered:
+                rows = [r.row() for r in ordered]
+                write_summary_files(out_dir, rows, rows)
     return BatchSummary(out_dir, ordered, time.perf_counter() - start)
 
 
