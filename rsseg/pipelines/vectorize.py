@@ -35,17 +35,7 @@ from rsseg.io.inputs import SceneInput, expand_scenes
 from rsseg.io.polygons import equal_area, to_crs_coordinates, vector_driver, write_polygons
 from rsseg.io.publish import Publication, publishing
 from rsseg.io.raster import SceneInfo, open_scene
-from rsseg.pipelines.jobs import (
-    BatchSummary,
-    JobResult,
-    Notify,
-    check_out_dir,
-    cluster_session,
-    first_line,
-    output_names,
-    refuse_shared_outputs,
-    write_summary_files,
-)
+from rsseg.pipelines import jobs
 from rsseg.polygons import BandPolygonizer
 
 READ_ROWS = 512  # rows per read of a class raster (one block row of rsseg's COGs)
@@ -169,7 +159,7 @@ class VectorJob:
 
 
 @dataclass(frozen=True)
-class VectorResult(JobResult):
+class VectorResult(jobs.JobResult):
     """A raster's row of the summary (``polygons``/``dropped`` unknown for a skipped one)."""
 
     polygons: int | None = None
@@ -186,7 +176,7 @@ Progress = Callable[[VectorResult, int, int], None]
 def vectorize_batch(args: Sequence[str | Path], out_dir: str | Path,
                     options: VectorOptions = VectorOptions(), fmt: str = "gpkg",
                     cluster: str | None = None, progress: Progress | None = None,
-                    notify: Notify | None = None) -> BatchSummary:
+                    notify: jobs.Notify | None = None) -> jobs.BatchSummary:
     """Polygons of every class raster ``args`` name into ``out_dir/NAME.fmt``, with
     ``summary.csv``/``summary.json``; see the module docstring.
 
@@ -194,37 +184,37 @@ def vectorize_batch(args: Sequence[str | Path], out_dir: str | Path,
     raster that fails is a ``failed`` result, not an exception.
     """
     spec = parse_cluster(cluster)
-    out_dir = check_out_dir(Path(out_dir))
+    out_dir = jobs.check_out_dir(Path(out_dir))
     check_vector_options(out_dir / f"{{scene}}.{fmt}", replace(options, overwrite=True),
                          "--format")
     scenes = expand_scenes(args)
-    jobs = [VectorJob(scene, out_dir / f"{name}.{fmt}", options)
-            for scene, name in zip(scenes, output_names(scenes), strict=True)]
-    refuse_shared_outputs([(j.scene.label, j.out) for j in jobs], "vectorize")
+    planned = [VectorJob(scene, out_dir / f"{name}.{fmt}", options)
+               for scene, name in zip(scenes, jobs.output_names(scenes), strict=True)]
+    jobs.refuse_shared_outputs([(j.scene.label, j.out) for j in planned], "vectorize")
     start = time.perf_counter()
-    results = {j.out: _existing(j) for j in jobs if j.out.exists() and not options.overwrite}
-    todo = [j for j in jobs if j.out not in results]
+    results = {j.out: _existing(j) for j in planned if j.out.exists() and not options.overwrite}
+    todo = [j for j in planned if j.out not in results]
     skipped = sum(r.status == "skipped" for r in results.values())
-    with cluster_session(spec, notify) as client:  # an unreachable scheduler: nothing written
+    with jobs.cluster_session(spec, notify) as client:  # unreachable: nothing written
         out_dir.mkdir(parents=True, exist_ok=True)
         if notify and skipped:
-            notify(f"{skipped} of {len(jobs)} raster(s) already vectorized in {out_dir}, "
+            notify(f"{skipped} of {len(planned)} raster(s) already vectorized in {out_dir}, "
                    "skipped (--overwrite redoes them)")
         try:
             for done, result in enumerate(results.values(), start=1):
                 if progress:
-                    progress(result, done, len(jobs))
+                    progress(result, done, len(planned))
             for job, outcome in run_tasks(vectorize_job, todo, client):
                 results[job.out] = outcome if isinstance(outcome, VectorResult) else _failed(
-                    job, f"the worker vectorizing it died ({first_line(outcome)})")
+                    job, f"the worker vectorizing it died ({jobs.first_line(outcome)})")
                 if progress:
-                    progress(results[job.out], len(results), len(jobs))
+                    progress(results[job.out], len(results), len(planned))
         finally:
-            ordered = tuple(results[j.out] for j in jobs if j.out in results)
+            ordered = tuple(results[j.out] for j in planned if j.out in results)
             if ordered:
                 rows = [r.row() for r in ordered]
-                write_summary_files(out_dir, rows, rows)
-    return BatchSummary(out_dir, ordered, time.perf_counter() - start)
+                jobs.write_summary_files(out_dir, rows, rows)
+    return jobs.BatchSummary(out_dir, ordered, time.perf_counter() - start)
 
 
 def vectorize_job(job: VectorJob) -> VectorResult:
@@ -236,7 +226,7 @@ def vectorize_job(job: VectorJob) -> VectorResult:
     except RssegError as err:
         return _failed(job, str(err))
     except Exception as err:  # a batch reports a raster's failure and goes on
-        return _failed(job, f"{type(err).__name__}: {first_line(err)}")
+        return _failed(job, f"{type(err).__name__}: {jobs.first_line(err)}")
     return VectorResult(job.scene.label, job.out, "ok", summary.width, summary.height,
                         time.perf_counter() - start, polygons=summary.polygons,
                         dropped=summary.dropped)
