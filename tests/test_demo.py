@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ import rasterio
 import yaml
 from PIL import Image
 
+from rsseg.classes import read_classes
+from rsseg.io.raster import NoGeoreferencing
 from rsseg.pipelines import demo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +69,68 @@ def test_one_case_and_unknown_cases(tiny_budget: None, tmp_path: Path, run_cli) 
     assert run_cli("demo", "--out", out, "--case", "aerial").exit_code == 0
     assert set(json.loads((out / "metrics.json").read_text())) >= {"aerial", "seed"}
     assert not (out / "nc").exists()
+    assert all((out / "aerial" / f"suggest.{ext}").is_file() for ext in ("gpkg", "qml"))
+    record = json.loads((out / "metrics.json").read_text())["aerial"]["suggest"]
+    assert record["next"].startswith("Label where it matters")
+
+
+def _aerial_bundle(folder: Path) -> Path:
+    """A per-pixel bundle on the aerial images' 3 bands and 5 classes (seconds, not a demo)."""
+    import torch
+
+    from rsseg.models.bundle import BundleMeta, save_bundle
+    from rsseg.models.factory import ModelSpec, build_model
+
+    spec = ModelSpec(arch="pixel", in_channels=3, classes=5)
+    net = build_model(spec)
+    with torch.no_grad():
+        net.net[0].weight.copy_(torch.randn(5, 3, 1, 1, generator=torch.Generator().manual_seed(0)))
+    classes = read_classes(demo.bundled("dubai_aerial") / demo.AERIAL_CLASSES)
+    meta = BundleMeta(model=spec, tile=256, overlap=0,
+                      bands=[{"name": f"band {i}", "mean": 100.0, "std": 50.0} for i in (1, 2, 3)],
+                      classes=[{"id": c.id, "name": c.name, "color": c.color}
+                               for c in classes.classes])
+    return save_bundle(folder / "aerial.rsseg", net, meta)
+
+
+def test_aerial_case_ends_with_points_to_label(tmp_path: Path) -> None:
+    """suggest.gpkg on the training images (laid side by side), away from their points, and
+    the line that fine-tunes on them: the files it names load as finetune reads them."""
+    import geopandas as gpd
+
+    from rsseg.io.raster import open_scene
+    from rsseg.labels import load_label_files
+
+    data = demo.bundled("dubai_aerial")
+    out = tmp_path / "aerial"
+    out.mkdir()
+    classes = read_classes(data / demo.AERIAL_CLASSES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoGeoreferencing)
+        record = demo.suggest_next(out, data, classes, _aerial_bundle(tmp_path), seed=0)
+    assert record["points"] == demo.SUGGEST_POINTS
+    assert "QGIS" in record["next"] and f"--labels {out / 'suggest.gpkg'}" in record["next"]
+    frame = gpd.read_file(out / "suggest.gpkg")
+    assert len(frame) == demo.SUGGEST_POINTS and frame["label"].isna().all()
+    assert (out / "suggest.qml").is_file()
+    with rasterio.open(out / "training_images.tif") as src:
+        cols, rows = ~src.transform * (frame.geometry.x.to_numpy(), frame.geometry.y.to_numpy())
+        rows, cols = np.floor(rows).astype(int), np.floor(cols).astype(int)
+        valid = src.dataset_mask() > 0
+        assert src.count == 3 and src.crs is None
+    with rasterio.open(out / "training_points.tif") as src:
+        points = src.read(1)
+    assert (points != 255).sum() == 160 and valid[rows, cols].all()
+    labelled = np.argwhere(points != 255)
+    got = np.column_stack([rows, cols])
+    assert np.sqrt(((got[:, None] - labelled[None]) ** 2).sum(-1)).min() >= 5
+    frame["label"] = frame["predicted"]  # the analyst's answers
+    frame.to_file(out / "suggest.gpkg")
+    with open_scene(out / "training_images.tif") as scene:
+        joined = load_label_files([out / "training_points.tif", out / "suggest.gpkg"],
+                                  scene.info, "label")
+    assert (joined.labels != 255).sum() == 160 + demo.SUGGEST_POINTS
+    assert list(joined.classes.names) == list(classes.names)
 
 
 def test_bundled_points_are_sparse_and_apart_from_the_reference() -> None:

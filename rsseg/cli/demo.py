@@ -53,3 +53,5 @@ def demo(
         typer.echo(r["verdict"])
     typer.echo(f"Done in {results['seconds']:.0f} s; metrics in {out / 'metrics.json'}, maps "
                f"and quicklooks in {out}/<case>/ (aerial: comparison.png)")
+    if "aerial" in cases:
+        typer.echo(results["aerial"]["suggest"]["next"])

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -28,6 +29,9 @@ from rasterio.windows import transform as window_transform
 from rsseg.errors import InputError
 from rsseg.io.gdal_errors import gdal_write_errors
 from rsseg.io.legend import Legend
+
+if TYPE_CHECKING:
+    from affine import Affine
 
 # Reads are extended to block boundaries only for blocks up to this many rows; taller blocks
 # (e.g. one strip per image) would hold too much in memory and are left to GDAL's block cache.
@@ -251,12 +255,15 @@ def write_tile(path: Path, pixels: np.ndarray, scene: Scene, window: Window) -> 
 
 def write_plain_tile(path: Path, pixels: np.ndarray, *, band_names: Sequence[str] = (),
                      nodata: float | None = None, predictor: int | None = None,
-                     legend: Legend | None = None) -> None:
-    """Write ``pixels`` ``(C, h, w)`` as a deflate GeoTIFF without georeferencing (a synthetic
-    tile): its dtype, band descriptions ``band_names``, ``nodata`` and ``predictor`` if given,
-    and with a ``legend`` (a class raster) band 1's colour table and the ``CLASSES`` tag."""
+                     legend: Legend | None = None, transform: Affine | None = None) -> None:
+    """Write ``pixels`` ``(C, h, w)`` as a deflate GeoTIFF without a CRS (a synthetic tile): its
+    dtype, band descriptions ``band_names``, ``nodata``, ``predictor`` and ``transform`` (none:
+    no georeferencing) if given, and with a ``legend`` (a class raster) band 1's colour table
+    and the ``CLASSES`` tag."""
     profile: dict = {"driver": "GTiff", "width": pixels.shape[2], "height": pixels.shape[1],
                      "compress": "deflate", "count": pixels.shape[0], "dtype": pixels.dtype.name}
+    if transform is not None:
+        profile["transform"] = transform
     if nodata is not None:
         profile["nodata"] = nodata
     if predictor is not None:

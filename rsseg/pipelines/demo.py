@@ -8,6 +8,9 @@ score on pixels no training step saw.
   reads 20 labelled points on each of eight images (the clicks an analyst makes); scored on the
   dense labels of the four other images. Buildings and roads are shapes, not colours: where
   pretraining should matter.
+  The case ends by asking the GLCNet model which points of the training images to label next
+  (:func:`suggest_next`: ``suggest.gpkg`` for QGIS, and the ``rsseg finetune`` line that reads
+  it).
 - ``nc``: the North Carolina Landsat-7 scene (GRASS GIS sample dataset, CC BY-SA 3.0,
   ``rsseg/data/nc_landsat``); fine-tuning reads its 2,872 sparse pixels; scored against the dense
   1996 map (training pixels and nodata excluded). At 28.5 m the classes are mostly spectral.
@@ -28,19 +31,21 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from affine import Affine
 
 from rsseg.classes import IGNORE, ClassTable, read_classes
 from rsseg.config import FinetuneConfig, PretrainConfig
 from rsseg.errors import InputError
 from rsseg.io.atomic import check_output
 from rsseg.io.owned import DEMO, check_replaceable
-from rsseg.io.raster import NoGeoreferencing, open_scene
+from rsseg.io.raster import NoGeoreferencing, open_scene, write_plain_tile
 from rsseg.metrics import ConfusionAccumulator, Scores
 from rsseg.pipelines.evaluate import evaluate
 from rsseg.pipelines.finetune import finetune
 from rsseg.pipelines.outputs import OutputOptions
 from rsseg.pipelines.predict import PredictOptions, predict_scene
 from rsseg.pipelines.pretrain import pretrain
+from rsseg.pipelines.suggest import SuggestOptions, suggest
 from rsseg.pipelines.tile import TileOptions, tile_scenes
 
 CASES = ("aerial", "nc")
@@ -98,6 +103,9 @@ NC_FINETUNE = {
     "tile": 128,
     "overlap": 32,
 }
+
+SUGGEST_POINTS = 20  # the points the aerial case asks for next (about one per image and class)
+MOSAIC_GAP = 16  # nodata pixels between the training images laid side by side
 
 NC_SCENE = "landsat7_2000_6band_uint8.tif"
 NC_SPARSE = "landsat96_sparse_training_pixels_uint8.tif"
@@ -187,12 +195,14 @@ def run_aerial(out: Path, seed: int, max_time: float | None,
         shutil.copy(points, train / "labels")
     classes = read_classes(data / AERIAL_CLASSES)
     results: dict = {}
+    bundles: dict[str, Path] = {}
     for step, arm in enumerate(ARMS, 3):
         say(f"{step}/4 fine-tuning on {_points(train)} points from {arm} init, predicting "
             f"{len(held_out)} held-out images")
         init = out / "pretrain" if arm == "glcnet" else None
-        bundle = finetune(out / f"finetune_{arm}", _finetune_config(AERIAL_FINETUNE, seed),
-                          tiles=train, classes_file=data / AERIAL_CLASSES, init=init)
+        bundle = bundles[arm] = finetune(
+            out / f"finetune_{arm}", _finetune_config(AERIAL_FINETUNE, seed), tiles=train,
+            classes_file=data / AERIAL_CLASSES, init=init)
         acc = ConfusionAccumulator(ignore=(IGNORE,))
         for stem in held_out:
             pred = out / f"prediction_{arm}" / f"{stem}.tif"
@@ -201,9 +211,55 @@ def run_aerial(out: Path, seed: int, max_time: float | None,
             acc.update(_read(pred), _read(data / "reference" / f"{stem}.png"))
         results[arm] = score_record(acc.scores(classes.ids), classes)
     results["verdict"] = verdict(results, "aerial")
-    results["seconds"] = round(time.perf_counter() - start, 1)
     results["figure"] = str(comparison_figure(out, held_out, classes))
+    say(f"then: the {SUGGEST_POINTS} points of the training images worth labelling next")
+    results["suggest"] = suggest_next(out, data, classes, bundles["glcnet"], seed)
+    results["seconds"] = round(time.perf_counter() - start, 1)
     return results
+
+
+def suggest_next(out: Path, data: Path, classes: ClassTable, bundle: Path, seed: int) -> dict:
+    """``out/suggest.gpkg`` (+ ``.qml``): the points of the training images the model
+    ``bundle`` needs most, away from their labelled points, and the line that uses it.
+
+    The eight images have no georeferencing, so they are laid side by side in one raster,
+    ``training_images.tif`` (pixel units from its top-left corner, rows going down, where QGIS
+    shows a plain image; :data:`MOSAIC_GAP` nodata pixels between the images, their zeros raised
+    to 1), with their points on its grid in
+    ``training_points.tif``: QGIS shows the three together and ``rsseg finetune`` reads them as
+    they are.
+    """
+    stems = sorted(p.stem for p in (data / "points").glob("*.png"))
+    images, names = [], ()
+    for stem in stems:
+        with open_scene(data / "images" / f"{stem}.jpg") as scene:
+            images.append(scene.src.read())
+            names = scene.band_names
+    height = max(im.shape[1] for im in images)
+    width = sum(im.shape[2] for im in images) + MOSAIC_GAP * (len(images) - 1)
+    mosaic = np.zeros((images[0].shape[0], height, width), np.uint8)  # 0: nodata
+    labels = np.full((height, width), IGNORE, np.uint8)
+    col = 0
+    for stem, image in zip(stems, images, strict=True):
+        h, w = image.shape[1:]
+        mosaic[:, :h, col:col + w] = np.maximum(image, 1)
+        labels[:h, col:col + w] = _read(data / "points" / f"{stem}.png")
+        col += w + MOSAIC_GAP
+    scene, points, gpkg = (out / "training_images.tif", out / "training_points.tif",
+                           out / "suggest.gpkg")
+    pixels = Affine(1, 0, 0, 0, -1, 0)
+    write_plain_tile(scene, mosaic, band_names=names, nodata=0, transform=pixels)
+    write_plain_tile(points, labels[None], nodata=IGNORE, legend=classes, transform=pixels)
+    summary = suggest([scene], bundle, gpkg, SuggestOptions(n=SUGGEST_POINTS, labels=(points,),
+                                                            seed=seed))
+    line = (f"Label where it matters: open {scene} and {gpkg} in QGIS, pick a label for each "
+            f"point (rank 1 first), save, then: rsseg finetune --scene {scene} --labels {points} "
+            f"--labels {gpkg} --label-column label --classes {data / AERIAL_CLASSES} --init "
+            f"{out / 'pretrain'} --config {bundle.parent / 'config.yaml'} --out "
+            f"{out / 'finetune_more'}")
+    return {"points": summary.points, "per_class": summary.per_class, "gpkg": str(gpkg),
+            "style": str(summary.style), "scene": str(scene), "labels": str(points),
+            "next": line}
 
 
 def run_nc(out: Path, seed: int, max_time: float | None, say: Callable[[str], None]) -> dict:
