@@ -19,7 +19,7 @@ deepest encoder stage otherwise) at the labelled pixels (bilinear), a linear cla
 with Adam on them (cross-entropy, 300 full-batch steps); test logits on the coarse map upsampled
 bilinearly (a linear map commutes with bilinear upsampling).
 
-    python tools/label_efficiency.py --dataset dubai --arm random \\
+    python tools/label_efficiency.py --dataset dubai --data DATA --arm random \\
         --arm simclr=runs/pre_simclr --arm glcnet=runs/pre_glcnet \\
         --settings points:5,points:20,points:100,images:0.05,images:0.2 --seeds 0,1,2 \\
         --out docs/label_efficiency_dubai
@@ -68,7 +68,6 @@ from rsseg.pipelines.predict import PredictOptions, predict_scene
 from rsseg.pretexts.features import global_features
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 NC = ROOT / "rsseg" / "data" / "nc_landsat"
 
 
@@ -396,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocols", default="finetune,probe")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "finetune_cpu.yaml")
     parser.add_argument("--set", dest="sets", action="append", default=[])
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, help="the folder holding dubai/ (--dataset dubai)")
     parser.add_argument("--work", type=Path, default=Path("label_efficiency_work"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true")
@@ -408,8 +407,9 @@ def main(argv: list[str] | None = None) -> int:
         if run and not (Path(run) / "backbone.safetensors").is_file():
             raise SystemExit(f"error: arm {name}: {run} has no backbone.safetensors")
         arms[name] = Path(run) if run else None
-    if args.dataset == "dubai" and not (args.data / "dubai").is_dir():
-        raise SystemExit(f"error: {args.data / 'dubai'} not found (--data)")
+    if args.dataset == "dubai" and (args.data is None or not (args.data / "dubai").is_dir()):
+        raise SystemExit("error: --dataset dubai needs --data DIR, the folder holding dubai/"
+                         + (f" ({args.data / 'dubai'} not found)" if args.data else ""))
     study = Study(args.dataset, args.data)
     settings = args.settings.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
