@@ -454,7 +454,8 @@ def test_a_full_filesystem_is_one_line_and_leaves_nothing(command: str, workspac
     scene = write_tif(small_filesystem.parent / "noisy.tif",
                       rng.integers(1, 255, (3, 600, 700)).astype(np.uint8))
     out = small_filesystem / ("pred.tif" if command == "predict" else "tiles")
-    args = ([scene, "--model", workspace / "model.rsseg", "--out", out] if command == "predict"
+    args = ([scene, "--model", workspace / "model.rsseg", "--out", out, "--tile", "64"]
+            if command == "predict"
             else [scene, "--out", out, "--size", "64"])
     run = subprocess.run([sys.executable, "-m", "rsseg", command, *map(str, args)],
                          capture_output=True, text=True, timeout=300)

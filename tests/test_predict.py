@@ -192,7 +192,7 @@ def test_interrupted_run_leaves_no_output(geotiff_factory, models, tmp_path,
     (tmp_path / "out").mkdir()
     with pytest.raises(KeyboardInterrupt):
         predict_scene(scene, models["pixel"], tmp_path / "out" / "p.tif",
-                      PredictOptions(batch_size=1))
+                      PredictOptions(batch_size=1, tile=32))
     assert len(calls) == 2 and list((tmp_path / "out").iterdir()) == []
 
 

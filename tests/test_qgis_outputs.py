@@ -240,7 +240,7 @@ def test_outputs_appear_together_or_not_at_all(geotiff_factory, bundle, tmp_path
                             vector=out / "v.gpkg", preview=out / "v.png")
     with pytest.raises(KeyboardInterrupt):
         predict_scene(scene, bundle, out / "pred.tif",
-                      PredictOptions(batch_size=1, outputs=outputs))
+                      PredictOptions(batch_size=1, tile=16, outputs=outputs))
     assert len(calls) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
 
 
