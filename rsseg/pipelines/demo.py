@@ -56,9 +56,6 @@ DEEPLAB = {"arch": "deeplabv3plus", "encoder": "resnet18",
            "kwargs": {"encoder_output_stride": 16, "decoder_atrous_rates": [6, 12, 18],
                       "decoder_aspp_separable": False}}
 AERIAL_TILE = {"size": 160, "stride": 160, "max_nodata": 0.5}
-# --tile auto's activation budget for the demo's predictions: half the default, so the whole demo
-# stays under 3 GB of peak RSS (2.97 GB at the default 1 GiB, 2.40 GB with 256² windows)
-DEMO_MAX_MEMORY = "512M"
 AERIAL_PRETRAIN = {
     "model": DEEPLAB,
     "pretext": {"name": "glcnet", "params": {"patch_size": 28, "patch_num": 4}},
@@ -210,8 +207,7 @@ def run_aerial(out: Path, seed: int, max_time: float | None,
         for stem in held_out:
             pred = out / f"prediction_{arm}" / f"{stem}.tif"
             pred.parent.mkdir(exist_ok=True)
-            predict_scene(data / "images" / f"{stem}.jpg", bundle, pred,
-                          PredictOptions(max_memory=DEMO_MAX_MEMORY))
+            predict_scene(data / "images" / f"{stem}.jpg", bundle, pred, PredictOptions())
             acc.update(_read(pred), _read(data / "reference" / f"{stem}.png"))
         results[arm] = score_record(acc.scores(classes.ids), classes)
     results["verdict"] = verdict(results, "aerial")
@@ -286,8 +282,7 @@ def run_nc(out: Path, seed: int, max_time: float | None, say: Callable[[str], No
         pred = out / f"prediction_{arm}.tif"
         outputs = OutputOptions(preview=out / f"preview_{arm}.png",
                                 preview_bands="B3_red,B2_green,B1_blue")
-        predict_scene(data / NC_SCENE, bundle, pred,
-                      PredictOptions(outputs=outputs, max_memory=DEMO_MAX_MEMORY))
+        predict_scene(data / NC_SCENE, bundle, pred, PredictOptions(outputs=outputs))
         scores = evaluate(pred, data / NC_DENSE, exclude=data / NC_SPARSE).scores
         results[arm] = score_record(scores, classes)
     results["verdict"] = verdict(results, "nc")
