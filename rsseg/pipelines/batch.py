@@ -154,6 +154,7 @@ def predict_batch(args: Sequence[str | Path], model: str | Path, out_dir: str | 
         if plain is not None:
             raise InputError(f"{plain} has no CRS, so it has no place in a mosaic",
                              "set its CRS (gdal_edit.py -a_srs), or leave out --mosaic")
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     if notify and results:
         notify(f"{len(results)} of {len(jobs)} scene(s) already predicted in {out_dir}, "
@@ -167,6 +168,8 @@ def predict_batch(args: Sequence[str | Path], model: str | Path, out_dir: str | 
         ordered = tuple(results[j.out] for j in jobs if j.out in results)
         if ordered:
             write_summary(out_dir, ordered, meta)
+        elif created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing ran (e.g. an unreachable scheduler): leave nothing
     failed = sum(r.status == "failed" for r in ordered)
     if mosaic is not None and failed and notify:
         notify(f"Mosaic {mosaic} not written: {failed} scene(s) failed (rerun to finish them)")
