@@ -32,8 +32,40 @@ def test_summary_pairs_each_seed_with_the_baseline_of_that_seed(tool):
 def test_pretraining_budget_is_read_from_the_run_folder(tool, tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"pretext": {"name": "glcnet"}}))
     (tmp_path / "metrics.csv").write_text("epoch,loss_epoch,step\n0,,9\n0,2.9,111\n1,,119\n")
-    assert tool.pretraining(tmp_path) == {"method": "glcnet", "steps": 120}
+    assert tool.pretraining(tmp_path) == {"method": "glcnet", "steps": 120, "seed": 0}
     assert tool.pretraining(None) == {"method": "random", "steps": 0}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"pretext": {"name": "simclr"},
+                                                          "trainer": {"seed": 3}}))
+    assert tool.pretraining(tmp_path)["seed"] == 3
+
+
+def test_pairs_compare_two_arms_on_the_seeds_both_ran(tool):
+    runs = [_run("glcnet", 0, 0.40), _run("glcnet", 1, 0.35), _run("simclr", 1, 0.30),
+            _run("simclr", 0, 0.41), _run("simclr", 2, 0.5),
+            _run("glcnet", 0, 0.2, protocol="probe")]  # no probe of simclr: no probe pair
+    (row,) = tool.summarise_pairs(runs, [("glcnet", "simclr")])
+    assert (row["protocol"], row["arm"], row["base"]) == ("finetune", "glcnet", "simclr")
+    assert row["delta_per_seed"] == [-1.0, 5.0]
+    assert row["delta_miou_points"][0] == pytest.approx(2.0)
+
+
+def test_merge_adds_the_runs_and_arms_of_another_result_file(tool, tmp_path):
+    mine = {"dataset": "dubai", "arms": ["random", "glcnet"], "runs": [_run("random", 0, 0.3)],
+            "arm_runs": {"random": None, "glcnet": "g"},
+            "pretraining": {"random": {"method": "random", "steps": 0},
+                            "glcnet": {"method": "glcnet", "steps": 9, "seed": 1}}}
+    other = {"dataset": "dubai", "arms": ["random", "simclr"], "pairs": [["glcnet", "simclr"]],
+             "runs": [_run("random", 0, 0.9), _run("simclr", 0, 0.4),
+                      {**_run("simclr", 1, 0.4), "error": "x"}],
+             "arm_runs": {"random": None, "simclr": "s"},
+             "pretraining": {"random": {"method": "random", "steps": 0},
+                             "simclr": {"method": "simclr", "steps": 9, "seed": 0}}}
+    tool.merge_results(mine, other, tmp_path / "other.json")
+    assert mine["arms"] == ["random", "simclr", "glcnet"]
+    assert [(r["arm"], r["miou"]) for r in mine["runs"]] == [("random", 0.3), ("simclr", 0.4)]
+    assert mine["pretraining"]["simclr"]["steps"] == 9 and mine["pairs"] == [["glcnet", "simclr"]]
+    with pytest.raises(SystemExit, match="is a nc study"):
+        tool.merge_results(mine, {**other, "dataset": "nc"}, tmp_path / "nc.json")
 
 
 def test_a_setting_that_does_not_exist_is_refused_before_any_work(tool, tmp_path):

@@ -272,14 +272,26 @@ def _sample(coarse: torch.Tensor, shape: tuple[int, int], rows: np.ndarray,
 
 
 def pretraining(run: Path | None) -> dict:
-    """``{"method": pretext name, "steps": optimizer steps}`` of a pretraining run folder
-    (``{"method": "random", "steps": 0}`` for random init)."""
+    """``{"method": pretext name, "steps": optimizer steps, "seed": trainer seed}`` of a
+    pretraining run folder (``{"method": "random", "steps": 0}`` for random init)."""
     if run is None:
         return {"method": "random", "steps": 0}
     config = yaml.safe_load((run / "config.yaml").read_text())
     with (run / "metrics.csv").open() as f:
         steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("step")]
-    return {"method": config["pretext"]["name"], "steps": max(steps) + 1 if steps else 0}
+    return {"method": config["pretext"]["name"], "steps": max(steps) + 1 if steps else 0,
+            "seed": int((config.get("trainer") or {}).get("seed", 0))}
+
+
+def paired_deltas(runs: list[dict], protocol: str, setting: str, arm: str,
+                  base: str) -> list[float]:
+    """mIoU points of ``arm`` − ``base`` per fine-tuning seed both ran (same labels), in the
+    order of ``arm``'s runs."""
+    def scores(name: str) -> dict[int, float]:
+        return {r["seed"]: r["miou"] for r in runs if "error" not in r and
+                (r["protocol"], r["setting"], r["arm"]) == (protocol, setting, name)}
+    theirs = scores(base)
+    return [100 * (m - theirs[seed]) for seed, m in scores(arm).items() if seed in theirs]
 
 
 def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
@@ -287,8 +299,6 @@ def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
     rows = []
     for protocol in ("finetune", "probe"):
         for setting in dict.fromkeys(r["setting"] for r in runs):
-            base = {r["seed"]: r for r in runs if (r["protocol"], r["setting"], r["arm"]) ==
-                    (protocol, setting, arms[0]) and "error" not in r}
             for arm in arms:
                 mine = [r for r in runs if (r["protocol"], r["setting"], r["arm"]) ==
                         (protocol, setting, arm) and "error" not in r]
@@ -297,11 +307,25 @@ def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
                 row = {"protocol": protocol, "setting": setting, "arm": arm, "runs": len(mine)}
                 for key in ("miou", "kappa", "oa"):
                     row[key] = _mean_sd([r[key] for r in mine])
-                deltas = [100 * (r["miou"] - base[r["seed"]]["miou"]) for r in mine
-                          if r["seed"] in base]
+                deltas = [] if arm == arms[0] else \
+                    paired_deltas(runs, protocol, setting, arm, arms[0])
                 row["delta_miou_points"] = _mean_sd(deltas) if arm != arms[0] else None
-                row["delta_per_seed"] = [round(d, 2) for d in deltas] if arm != arms[0] else []
+                row["delta_per_seed"] = [round(d, 2) for d in deltas]
                 rows.append(row)
+    return rows
+
+
+def summarise_pairs(runs: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
+    """Per (protocol, setting, pair A − B) with runs of both: paired Δ mIoU per seed, mean ± sd."""
+    rows = []
+    for protocol in ("finetune", "probe"):
+        for setting in dict.fromkeys(r["setting"] for r in runs):
+            for arm, base in pairs:
+                deltas = paired_deltas(runs, protocol, setting, arm, base)
+                if deltas:
+                    rows.append({"protocol": protocol, "setting": setting, "arm": arm,
+                                 "base": base, "delta_miou_points": _mean_sd(deltas),
+                                 "delta_per_seed": [round(d, 2) for d in deltas]})
     return rows
 
 
@@ -314,20 +338,35 @@ def _mean_sd(values: list[float]) -> list[float] | None:
 def write_outputs(results: dict, out: Path) -> None:
     """``OUT.json``, ``OUT.md`` and ``OUT.png``."""
     results["summary"] = summarise(results["runs"], results["arms"])
+    results["pair_summary"] = summarise_pairs(results["runs"],
+                                              [tuple(p) for p in results.get("pairs", [])])
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     lines = [f"# Label efficiency — {results['dataset']}", "", results["notes"], "",
-             "| protocol | labels | arm | pretraining steps | runs | mIoU | Kappa | OA | "
-             f"Δ mIoU vs {results['arms'][0]} (points) | Δ per seed |", "|---" * 10 + "|"]
+             "| protocol | labels | arm | pretraining steps | pretraining seed | runs | mIoU | "
+             f"Kappa | OA | Δ mIoU vs {results['arms'][0]} (points) | Δ per seed |",
+             "|---" * 11 + "|"]
     info = results["pretraining"]
+
+    def delta(r: dict) -> str:
+        d = r["delta_miou_points"]
+        return "—" if d is None else f"{d[0]:+.1f} ± {d[1]:.1f}"
+
+    def per_seed(r: dict) -> str:
+        return ", ".join(f"{d:+.1f}" for d in r["delta_per_seed"])
+
     for r in results["summary"]:
         def fmt(v: list[float] | None, scale: float = 1.0) -> str:
             return "—" if v is None else f"{scale * v[0]:.3f} ± {scale * v[1]:.3f}"
-        delta = "—" if r["delta_miou_points"] is None else \
-            f"{r['delta_miou_points'][0]:+.1f} ± {r['delta_miou_points'][1]:.1f}"
         lines.append(f"| {r['protocol']} | {r['setting']} | {r['arm']} | "
-                     f"{info[r['arm']]['steps']} | {r['runs']} | "
-                     f"{fmt(r['miou'])} | {fmt(r['kappa'])} | {fmt(r['oa'])} | {delta} | "
-                     f"{', '.join(f'{d:+.1f}' for d in r['delta_per_seed'])} |")
+                     f"{info[r['arm']]['steps']} | {info[r['arm']].get('seed', '—')} | "
+                     f"{r['runs']} | {fmt(r['miou'])} | {fmt(r['kappa'])} | {fmt(r['oa'])} | "
+                     f"{delta(r)} | {per_seed(r)} |")
+    if results["pair_summary"]:
+        lines += ["", "Paired differences between arms (same labels, same fine-tuning seed):",
+                  "", "| protocol | labels | arm − arm | Δ mIoU (points) | Δ per seed |",
+                  "|---" * 5 + "|"]
+        lines += [f"| {r['protocol']} | {r['setting']} | {r['arm']} − {r['base']} | "
+                  f"{delta(r)} | {per_seed(r)} |" for r in results["pair_summary"]]
     errors = [r for r in results["runs"] if "error" in r]
     lines += ["", *(f"- error: {r['arm']} {r['setting']} seed {r['seed']}: {r['error']}"
                     for r in errors)]
@@ -372,17 +411,38 @@ def _plot_budget(results: dict, setting: str, ax) -> None:
     rows = {r["arm"]: r for r in results["summary"]
             if r["protocol"] == "finetune" and r["setting"] == setting and r["miou"]}
     start = [(0, rows[a]["miou"]) for a in rows if info[a]["method"] == "random"]
-    for method in dict.fromkeys(info[a]["method"] for a in rows):
+    curves = dict.fromkeys((info[a]["method"], info[a].get("seed", 0)) for a in rows)
+    for method, seed in curves:
         if method == "random":
             continue
         points = sorted(start + [(info[a]["steps"], rows[a]["miou"]) for a in rows
-                                 if info[a]["method"] == method])
+                                 if (info[a]["method"], info[a].get("seed", 0)) ==
+                                 (method, seed)])
         ax.errorbar([s for s, _ in points], [100 * m[0] for _, m in points],
-                    yerr=[100 * m[1] for _, m in points], marker="o", capsize=3, label=method)
+                    yerr=[100 * m[1] for _, m in points], marker="o", capsize=3,
+                    label=f"{method} (pretraining seed {seed})")
     ax.set_title(f"{results['dataset']}: full fine-tuning at {setting}")
     ax.set_xlabel("pretraining steps (0 = random init)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
+
+
+def merge_results(results: dict, other: dict, source: Path) -> None:
+    """Add ``other``'s finished runs (those ``results`` lacks), arms and pretraining info."""
+    if other["dataset"] != results["dataset"]:
+        raise SystemExit(f"error: {source} is a {other['dataset']} study, not "
+                         f"{results['dataset']}")
+    have = {(r["protocol"], r["setting"], r["arm"], r["seed"]) for r in results["runs"]}
+    results["runs"] += [r for r in other["runs"] if "error" not in r and
+                        (r["protocol"], r["setting"], r["arm"], r["seed"]) not in have]
+    results["arms"] = list(dict.fromkeys([*other["arms"], *results["arms"]]))
+    results["arm_runs"] = other["arm_runs"] | results["arm_runs"]
+    results["pretraining"] = other.get("pretraining", {}) | results["pretraining"]
+    results["pretraining"] |= {k: pretraining(Path(results["arm_runs"][k])
+                                              if results["arm_runs"][k] else None)
+                               for k in results["arms"] if k not in results["pretraining"]}
+    results["pairs"] = [list(p) for p in dict.fromkeys(
+        tuple(p) for p in [*other.get("pairs", []), *results.get("pairs", [])])]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -399,6 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("label_efficiency_work"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--pair", action="append", default=[], metavar="A:B",
+                        help="also report the paired difference arm A − arm B, e.g. "
+                             "glcnet:simclr (repeatable)")
+    parser.add_argument("--merge", action="append", default=[], type=Path, metavar="JSON",
+                        help="add the finished runs of another result file of the same "
+                             "dataset (a study split across processes); repeatable")
     args = parser.parse_args(argv)
 
     arms: dict[str, Path | None] = {}
@@ -433,15 +499,19 @@ def main(argv: list[str] | None = None) -> int:
                         "; every arm fine-tunes with the same recipe on the same labels per "
                         "seed; no validation split (the last / EMA weights are kept)."}
     out = args.out
-    if args.resume and out.with_suffix(".json").is_file():
-        previous = json.loads(out.with_suffix(".json").read_text())
-        results["runs"] = [r for r in previous["runs"] if "error" not in r]
-        results["arms"] = list(dict.fromkeys([*previous["arms"], *arms]))
-        results["arm_runs"] = previous["arm_runs"] | results["arm_runs"]
-        results["pretraining"] = {
-            k: results["pretraining"].get(k) or previous.get("pretraining", {}).get(k) or
-            pretraining(Path(results["arm_runs"][k]) if results["arm_runs"][k] else None)
-            for k in results["arms"]}
+    previous_files = [out.with_suffix(".json")] if args.resume else []
+    for path in [*previous_files, *args.merge]:
+        if path.is_file():
+            merge_results(results, json.loads(path.read_text()), path)
+        elif path in args.merge:
+            raise SystemExit(f"error: --merge {path}: no such result file")
+    for item in args.pair:
+        pair = item.split(":")
+        if len(pair) != 2 or not set(pair) <= set(results["arms"]):
+            raise SystemExit(f"error: --pair {item!r}: give two arms as A:B, among "
+                             f"{', '.join(results['arms'])}")
+        if pair not in results.setdefault("pairs", []):
+            results["pairs"].append(pair)
     done = {(r["protocol"], r["setting"], r["arm"], r["seed"]) for r in results["runs"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     warnings.simplefilter("ignore", NoGeoreferencing)
