@@ -380,7 +380,8 @@ def _plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), sharey=True)
-    settings = list(dict.fromkeys(r["setting"] for r in results["summary"]))
+    settings = sorted(dict.fromkeys(r["setting"] for r in results["summary"]),
+                      key=lambda s: (s.partition(":")[0], float(s.partition(":")[2])))
     for ax, protocol in zip(axes, ("finetune", "probe"), strict=False):
         for arm in results["arms"]:
             rows = {r["setting"]: r for r in results["summary"]
@@ -394,7 +395,8 @@ def _plot(results: dict, path: Path) -> None:
         title = "full fine-tuning" if protocol == "finetune" else "linear probe (frozen)"
         ax.set_title(f"{results['dataset']}: {title}")
         ax.set_xlabel("labels")
-    _plot_budget(results, settings[0] if settings else "", axes[2])
+    arms_at = {s: sum(r["setting"] == s for r in results["summary"]) for s in settings}
+    _plot_budget(results, max(settings, key=arms_at.get) if settings else "", axes[2])
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mIoU (%) on held-out data, mean ± sd over seeds")
