@@ -27,6 +27,11 @@ bilinearly (a linear map commutes with bilinear upsampling).
 Each pretraining arm's method and length are read from its run folder (``config.yaml``'s pretext,
 ``metrics.csv``'s last step), so arms of one method at several budgets form a curve.
 
+Fine-tuned models predict the test images with their own window (the training tile) unless
+``--window auto``; ``--rescore`` scores finished runs again from their bundles in ``--work``
+(e.g. with the other window) without training. ``--pair A:B`` adds paired differences between
+two arms; ``--merge JSON`` adds the runs of a study split across processes.
+
 Writes ``OUT.json`` (every run), ``OUT.md`` (tables) and ``OUT.png`` (mIoU against labels per
 arm, full fine-tuning and linear probe; mIoU against pretraining steps per method), rewritten
 after every run; ``--resume`` keeps finished
@@ -62,6 +67,7 @@ from rsseg.io.raster import NoGeoreferencing, open_scene
 from rsseg.labels import Tile, read_tile_labels, scan_tiles
 from rsseg.metrics import ConfusionAccumulator
 from rsseg.models.backbone import load_backbone
+from rsseg.models.bundle import read_meta
 from rsseg.models.factory import ModelSpec, build_model
 from rsseg.pipelines.finetune import finetune
 from rsseg.pipelines.predict import PredictOptions, predict_scene
@@ -173,13 +179,23 @@ def _num(value: float) -> float | None:
 
 
 def full_finetune(study: Study, inputs: dict, init: Path | None, config: FinetuneConfig,
-                  out: Path) -> dict:
-    """Fine-tune with the recipe, predict every test image with the bundle, score."""
-    bundle = finetune(out, config, init=init, overwrite=True, **inputs)
+                  out: Path, window: str = "bundle") -> dict:
+    """Fine-tune with the recipe, then score the bundle (:func:`score_bundle`)."""
+    return score_bundle(study, finetune(out, config, init=init, overwrite=True, **inputs),
+                        window)
+
+
+def score_bundle(study: Study, bundle: Path, window: str = "bundle") -> dict:
+    """Predict every test image with ``bundle`` and score. ``window``: ``"bundle"`` predicts
+    with the bundle's own window (its training tile: the study's protocol), ``"auto"`` with
+    ``--tile auto``'s larger one — which changes what DeepLabV3+'s image-pooling branch sees,
+    so the two are not interchangeable in a comparison."""
+    tile = read_meta(bundle).tile if window == "bundle" else "auto"
 
     def predict(im: Labelled) -> np.ndarray:
-        pred = out / f"pred_{im.path.stem}.tif"
-        predict_scene(im.path, bundle, pred, PredictOptions(overwrite=True, device="cpu"))
+        pred = bundle.parent / f"pred_{im.path.stem}.tif"
+        predict_scene(im.path, bundle, pred,
+                      PredictOptions(overwrite=True, device="cpu", tile=tile))
         return _read(pred)
 
     return study.score(predict)
@@ -464,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pair", action="append", default=[], metavar="A:B",
                         help="also report the paired difference arm A − arm B, e.g. "
                              "glcnet:simclr (repeatable)")
+    parser.add_argument("--window", choices=("bundle", "auto"), default="bundle",
+                        help="prediction window of the fine-tuned models: the bundle's "
+                             "training tile (default, every run alike) or --tile auto")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the finished fine-tuning runs again from their bundles in "
+                             "--work with --window (no training), then run the rest")
     parser.add_argument("--merge", action="append", default=[], type=Path, metavar="JSON",
                         help="add the finished runs of another result file of the same "
                              "dataset (a study split across processes); repeatable")
@@ -514,6 +536,13 @@ def main(argv: list[str] | None = None) -> int:
                              f"{', '.join(results['arms'])}")
         if pair not in results.setdefault("pairs", []):
             results["pairs"].append(pair)
+    for record in results["runs"] if args.rescore else []:
+        bundle = args.work / (f"ft_{record['arm']}_{record['setting'].replace(':', '_')}_"
+                              f"{record['seed']}") / "model.rsseg"
+        if record["protocol"] == "finetune" and bundle.is_file():
+            print(f"rescore {record['arm']} {record['setting']} seed {record['seed']}",
+                  flush=True)
+            record.update(score_bundle(study, bundle, args.window), window=args.window)
     done = {(r["protocol"], r["setting"], r["arm"], r["seed"]) for r in results["runs"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     warnings.simplefilter("ignore", NoGeoreferencing)
@@ -535,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                             cfg = config.model_copy(deep=True)
                             cfg.trainer.seed = seed
                             run = args.work / f"ft_{arm}_{setting.replace(':', '_')}_{seed}"
-                            record.update(full_finetune(study, inputs, init, cfg, run))
+                            record.update(full_finetune(study, inputs, init, cfg, run,
+                                                        args.window), window=args.window)
                         else:
                             record.update(linear_probe(study, labels, init, config, seed))
                     except (RssegError, RuntimeError, ValueError) as err:
