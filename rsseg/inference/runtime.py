@@ -33,11 +33,13 @@ from rsseg.errors import ConfigError, InputError
 from rsseg.inference.device import bf16_supported
 from rsseg.inference.fold_bn import fold_batchnorm
 from rsseg.models.bundle import BundleMeta
+from rsseg.models.factory import required_multiple
 
 BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")
 ORT_PRECISIONS = ("fp32", "int8", "auto")
 CPU_BATCH = 2  # windows per model call on CPU: small batches stay in cache (fastest)
+FOLD_PROBE = 256  # largest side of the window that checks BatchNorm folding
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 Runner = Callable[[np.ndarray], torch.Tensor]
@@ -171,7 +173,8 @@ def build_runner(net: nn.Module, meta: BundleMeta, bundle: Path, device: torch.d
     if options.precision == "auto":
         return _auto_runner(net, meta, bundle, device, options, window, samples)
     if options.engine == "torch":
-        return TorchRunner(net, device, options.precision, (meta.model.in_channels, *window))
+        return TorchRunner(net, device, options.precision,
+                           (meta.model.in_channels, *fold_probe(window, meta)))
     if options.precision == "int8":
         from rsseg.inference.quantize import int8_graph
 
@@ -184,6 +187,17 @@ def build_runner(net: nn.Module, meta: BundleMeta, bundle: Path, device: torch.d
     from rsseg.inference.onnx_cache import runtime_graph
 
     return OrtRunner(runtime_graph(bundle, net, meta, *window), options.threads)
+
+
+def fold_probe(window: tuple[int, int], meta: BundleMeta) -> tuple[int, int]:
+    """The side of the probe that checks BatchNorm folding: the window, at most
+    :data:`FOLD_PROBE` (rounded up to the model's multiple). Which convolution feeds which norm
+    does not depend on the probe's size and the folded weights are the same, while a probe of
+    the whole window keeps every convolution's output of a window alive: 0.9 GB more peak RSS
+    for the resnet18 U-Net's 1152² windows of ``--tile auto``."""
+    multiple = required_multiple(meta.model)
+    side = multiple * -(-FOLD_PROBE // multiple)
+    return min(window[0], side), min(window[1], side)
 
 
 def _auto_runner(net: nn.Module, meta: BundleMeta, bundle: Path, device: torch.device,
