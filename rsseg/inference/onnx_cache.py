@@ -90,10 +90,18 @@ def store_graph(path: Path, data: bytes, what: str) -> None:
 def ort_session(graph: Path, threads: int | None):
     """An ONNX Runtime CPU session of ``graph`` with ``threads`` intra-op threads (default:
     PyTorch's), all graph optimizations, idle pool threads sleeping instead of spinning (they
-    leave the cores to the reader and writer threads)."""
+    leave the cores to the reader and writer threads).
+
+    Neither the CPU memory arena nor memory patterns: the arena keeps the peak of a call (and
+    more: it grows in powers of two) for the life of the session, the pattern preallocates each
+    input shape's plan on top of it. Without them a batch of two 1152² windows of the resnet18
+    U-Net peaks at 0.8 GB above the session instead of 1.7 GB, the memory goes back after the
+    call, and the logits are the same bits."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    opts.enable_cpu_mem_arena = False
+    opts.enable_mem_pattern = False
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
