@@ -102,14 +102,22 @@ class SlidingWindowPredictor:
         weight = torch.from_numpy(acc.weight)
         pending: list[tuple[int, np.ndarray]] = []  # finished rows not yet popped
         for batch in prefetch(self._batches(scene, lay, rows), self.prefetch):
-            probs = self.probabilities(batch.x, weight)
             pending += batch.finished
-            for (i, col), window_probs in zip(batch.windows, probs, strict=True):
-                while pending and pending[0][0] < i:  # a later window row starts: pop first
-                    yield self._pop(acc, lay, *pending.pop(0))
-                acc.add(col, window_probs, weighted=True)
-            while pending:
+            yield from self._blend_batch(acc, lay, batch.windows,
+                                         self.probabilities(batch.x, weight), pending)
+
+    def _blend_batch(self, acc: RowBandAccumulator, lay: Layout,
+                     windows: list[tuple[int, int]], probs: np.ndarray,
+                     pending: list[tuple[int, np.ndarray]]) -> Iterator[RowBand]:
+        """Blend one batch's weighted ``probs``, yielding the bands finished on the way. A
+        generator of its own so that the batch's probabilities are freed when it is done, not
+        held through the next batch's forward pass."""
+        for (i, col), window_probs in zip(windows, probs, strict=True):
+            while pending and pending[0][0] < i:  # a later window row starts: pop first
                 yield self._pop(acc, lay, *pending.pop(0))
+            acc.add(col, window_probs, weighted=True)
+        while pending:
+            yield self._pop(acc, lay, *pending.pop(0))
 
     @staticmethod
     def _pop(acc: RowBandAccumulator, lay: Layout, i: int, valid: np.ndarray) -> RowBand:

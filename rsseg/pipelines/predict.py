@@ -147,6 +147,7 @@ def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
             with BackgroundWorker(depth=2) as background:
                 for band in predictor.bands(src):
                     background.submit(finish, band)
+                    del band  # written, it is freed: not held through the next forward pass
         seconds = time.perf_counter() - start
     return PredictSummary(out, info.width, info.height, lay.count, seconds, tuple(pub.outputs),
                           extras.vector_summary, batch_size, tile)
@@ -163,7 +164,8 @@ def predict_strip(scene: str | Path, model: str | Path, options: PredictOptions,
     net, meta = loader(model)
     device = resolve_device(options.device)
     check_runtime(options.runtime, device)
-    with torch_threads(options.runtime.threads), open_scene(scene, nodata=options.nodata) as src:
+    with torch_threads(options.runtime.threads), bounded_gdal_cache(), \
+            open_scene(scene, nodata=options.nodata) as src:
         src = _in_model_band_order(src, meta, Path(model))
         tile, overlap, multiple, _ = predict_windows(meta, options, src.info.height,
                                                      src.info.width)
@@ -176,8 +178,10 @@ def predict_strip(scene: str | Path, model: str | Path, options: PredictOptions,
         predictor = SlidingWindowPredictor(runner, meta.normalise, meta.model.classes, tile,
                                            overlap, multiple, batch_size)
         class_ids = np.asarray(meta.class_table().ids, dtype=np.uint8)
-        parts = [class_raster(band, class_ids, meta.nodata_id)
-                 for band in predictor.bands(src, window_rows)]
+        # map, not a list comprehension: a band's probabilities are freed once it is turned
+        # into class ids, not held (by the loop variable) through the next forward pass
+        parts = list(map(lambda band: class_raster(band, class_ids, meta.nodata_id),
+                         predictor.bands(src, window_rows)))
     return lay.rows[window_rows.start], np.concatenate(parts, axis=0)
 
 
