@@ -187,3 +187,15 @@ def test_int8_calibration_on_an_all_nodata_scene_is_one_line(bundle, geotiff_fac
                      "--precision", "int8")
     assert result.exit_code == 1 and result.stderr.count("\n") == 1, result
     assert "every window read for calibration is nodata" in result.stderr
+
+
+def test_tile_auto_keeps_the_bundle_tile_for_image_pooling_models() -> None:
+    """DeepLabV3+'s ASPP pools over the whole window: --tile auto must not enlarge it."""
+    from rsseg.models.bundle import BundleMeta
+    from rsseg.pipelines.predict import PredictOptions, predict_windows
+    meta = BundleMeta.model_construct(
+        model=ModelSpec(arch="deeplabv3plus", encoder="resnet18", in_channels=3, classes=3),
+        tile=96, overlap=16)
+    tile, overlap, _, line = predict_windows(meta, PredictOptions(), 2000, 2000)
+    assert (tile, overlap) == (96, 16)
+    assert "keeps the bundle's tile for deeplabv3plus" in line

@@ -61,9 +61,11 @@ Notify = Callable[[str], None]
 @dataclass(frozen=True)
 class PredictOptions:
     """Flags of ``rsseg predict``; ``tile`` ``"auto"`` (or None) is the largest window whose
-    activations fit ``max_memory`` bytes (:mod:`rsseg.inference.memory`), ``overlap`` None the
-    bundle's, ``batch_size`` None is 2 on CPU (small batches stay in cache: fastest measured)
-    and what fits the card on a GPU."""
+    activations fit ``max_memory`` bytes (:mod:`rsseg.inference.memory`) in a batch of
+    ``batch_size`` windows (None: 2), ``overlap`` None the bundle's, ``batch_size`` None is 2 on
+    CPU (small batches stay in cache: fastest measured), one window where two would exceed 2 x
+    512² pixels (:func:`~rsseg.inference.runtime.auto_batch_size`: same predictions, half the
+    activations), and what fits the card on a GPU."""
 
     tile: int | str | None = "auto"
     max_memory: int | str = DEFAULT_MAX_MEMORY  # --max-memory: bytes, or "1G", "512M"
@@ -196,6 +198,12 @@ def resolve_windows(meta: BundleMeta, tile: int | None, overlap: int | None,
     return tile, overlap, multiple
 
 
+# Models whose output depends on the window's extent (ASPP image pooling: a global average over
+# the window): a larger window than the training tile changes their predictions (Dubai
+# DeepLabV3+ models: 3-10 mIoU points lower at --tile auto's windows, docs/label_efficiency.md).
+WINDOW_DEPENDENT_ARCHS = frozenset({"deeplabv3", "deeplabv3plus"})
+
+
 def predict_windows(meta: BundleMeta, options: PredictOptions, height: int, width: int
                     ) -> tuple[int, int, int, str | None]:
     """Window side, overlap, the model's required multiple and, for ``--tile auto``, the line
@@ -206,6 +214,13 @@ def predict_windows(meta: BundleMeta, options: PredictOptions, height: int, widt
                                 options.batch_size), None
     overlap = meta.overlap if options.overlap is None else options.overlap
     multiple = required_multiple(meta.model)
+    if meta.model.arch in WINDOW_DEPENDENT_ARCHS:
+        tile = meta.tile
+        _check_options(tile, overlap, options.batch_size, multiple, meta)
+        return tile, overlap, multiple, (
+            f"Windows of {tile}² px, overlap {overlap} (--tile auto keeps the bundle's tile for "
+            f"{meta.model.arch}: its image-pooling branch averages over the whole window, so a "
+            "larger window changes the predictions; --tile N overrides)")
     budget = parse_memory(options.max_memory)
     batch = options.batch_size or CPU_BATCH
     per_pixel = activation_bytes_per_pixel(meta.model, multiple)
