@@ -61,7 +61,7 @@ def test_merge_adds_the_runs_and_arms_of_another_result_file(tool, tmp_path):
              "pretraining": {"random": {"method": "random", "steps": 0},
                              "simclr": {"method": "simclr", "steps": 9, "seed": 0}}}
     tool.merge_results(mine, other, tmp_path / "other.json")
-    assert mine["arms"] == ["random", "simclr", "glcnet"]
+    assert mine["arms"] == ["random", "glcnet", "simclr"]  # this study's baseline stays first
     assert [(r["arm"], r["miou"]) for r in mine["runs"]] == [("random", 0.3), ("simclr", 0.4)]
     assert mine["pretraining"]["simclr"]["steps"] == 9 and mine["pairs"] == [["glcnet", "simclr"]]
     with pytest.raises(SystemExit, match="is a nc study"):

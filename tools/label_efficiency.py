@@ -453,7 +453,7 @@ def merge_results(results: dict, other: dict, source: Path) -> None:
     have = {(r["protocol"], r["setting"], r["arm"], r["seed"]) for r in results["runs"]}
     results["runs"] += [r for r in other["runs"] if "error" not in r and
                         (r["protocol"], r["setting"], r["arm"], r["seed"]) not in have]
-    results["arms"] = list(dict.fromkeys([*other["arms"], *results["arms"]]))
+    results["arms"] = list(dict.fromkeys([*results["arms"], *other["arms"]]))  # baseline kept
     results["arm_runs"] = other["arm_runs"] | results["arm_runs"]
     results["pretraining"] = other.get("pretraining", {}) | results["pretraining"]
     results["pretraining"] |= {k: pretraining(Path(results["arm_runs"][k])
