@@ -84,5 +84,5 @@ def test_tiny_study_on_the_bundled_scene(tool, tmp_path):
         ("finetune", "random"), ("probe", "random")}
     assert all(0.0 <= r["miou"] <= 1.0 and "error" not in r for r in results["runs"])
     assert results["pretraining"] == {"random": {"method": "random", "steps": 0}}
-    assert "| finetune | pixels:0.1 | random | 0 | 1 |" in out.with_suffix(".md").read_text()
+    assert "| finetune | pixels:0.1 | random | 0 | — | 1 |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 0
