@@ -39,6 +39,7 @@ BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")
 ORT_PRECISIONS = ("fp32", "int8", "auto")
 CPU_BATCH = 2  # windows per model call on CPU: small batches stay in cache (fastest)
+CPU_BATCH_PIXELS = 2 * 512**2  # ... of at most this many window pixels, at least one window
 FOLD_PROBE = 256  # largest side of the window that checks BatchNorm folding
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -225,12 +226,17 @@ def _auto_runner(net: nn.Module, meta: BundleMeta, bundle: Path, device: torch.d
 def auto_batch_size(runner: Runner, device: torch.device, shape: tuple[int, int, int],
                     windows: int, cpu_default: int = CPU_BATCH, memory_share: float = 0.5,
                     cap_pixels: int = 2**21) -> int:
-    """Windows per model call: ``cpu_default`` on CPU; on a GPU, as many as fit in
-    ``memory_share`` of the free memory (measured on a trial batch of 2), at most ``cap_pixels``
-    window pixels (32 windows of 256²: the card is busy by then, and larger batches only grow
-    the host-side buffers) and never more than the scene has ``windows``."""
+    """Windows per model call: on CPU ``cpu_default``, fewer where they would hold more than
+    :data:`CPU_BATCH_PIXELS` window pixels (one window of ``--tile auto``'s 1152², sized for a
+    batch of :data:`CPU_BATCH`: a batch of two windows that large stays in no cache, and only
+    doubles the activations, ~0.45 GB per 1152² window of the resnet18 U-Net; the logits of a
+    window are the same bits either way); on a GPU, as many as fit in ``memory_share`` of the
+    free memory (measured on a trial batch of 2), at most ``cap_pixels`` window pixels (32
+    windows of 256²: the card is busy by then, and larger batches only grow the host-side
+    buffers); never more than the scene has ``windows``."""
     if device.type != "cuda":
-        return max(1, min(cpu_default, windows))
+        fits = CPU_BATCH_PIXELS // (shape[1] * shape[2])
+        return max(1, min(cpu_default, fits, windows))
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
