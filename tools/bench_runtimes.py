@@ -10,14 +10,23 @@ same input, the model alone (no reading, blending or writing) as
 - ``onnxruntime``: what ``--backend onnxruntime`` runs (the graph exported as rsseg exports it);
 - ``openvino``: the same ONNX graph compiled by OpenVINO (f32, latency hint) — not used: no
   faster than ONNX Runtime on the CPUs measured; needs ``pip install openvino``;
+- ``onnxruntime_int8``: what ``--precision int8`` runs — the graph statically quantized by ONNX
+  Runtime (QDQ, first and last convolutions float; :mod:`rsseg.inference.quantize`), calibrated
+  on the benchmark's input, here without the 99 % agreement check;
+- ``openvino_int8``: the same fp32 graph quantized by NNCF's post-training ``nncf.quantize``
+  (its default mixed preset, calibrated on the same input), compiled by OpenVINO — the
+  alternative ``--precision int8`` was measured against; needs ``pip install openvino nncf``;
 - ``jit_frozen``: ``torch.jit.trace`` + ``torch.jit.freeze`` of the channels-last model
   (Conv-BN folding, pre-packed oneDNN weights) — not used: deprecated in PyTorch 2.x;
 - ``compiled``: ``torch.compile`` (inductor, weight freezing) of the channels-last model — not
   used: a 10–25 s compile per process and shape, and a C++ compiler at run time.
 
-Rounds alternate between the candidates so that drift on a shared machine hits all of them alike;
-each figure is the best round. Also reports the share of ONNX Runtime's time per operator type.
-Mpx/s here are *window* pixels (bench_predict reports scene pixels). Example::
+For the int8 candidates the result also gives ``agreement``: the share of pixels whose class
+equals the eager model's on the benchmark's input (a random model's logits are close together,
+so this is a floor for real models). Rounds alternate between the candidates so that drift on a
+shared machine hits all of them alike; each figure is the best round. Also reports the share of
+ONNX Runtime's time per operator type. Mpx/s here are *window* pixels (bench_predict reports scene
+pixels). Example::
 
     python tools/bench_runtimes.py --batch-sizes 2,8 --json
 """
@@ -37,18 +46,21 @@ import numpy as np
 import torch
 from bench_predict import BANDS, make_bundle
 
-from rsseg.inference.onnx_cache import runtime_graph
+from rsseg.inference.onnx_cache import ort_session, runtime_graph
+from rsseg.inference.quantize import has_vnni, quantize_graph, session_classes
 from rsseg.inference.runtime import OrtRunner, TorchRunner, torch_threads
 from rsseg.models.bundle import load_bundle
 from rsseg.models.onnx_export import require_onnx
 
-CANDIDATES = ("eager", "channels_last", "folded", "onnxruntime", "openvino", "jit_frozen",
-              "compiled")
+CANDIDATES = ("eager", "channels_last", "folded", "onnxruntime", "openvino", "onnxruntime_int8",
+              "openvino_int8", "jit_frozen", "compiled")
+OPTIONAL = ("openvino", "openvino_int8")  # not installed with rsseg: asked for by name
 
 
-def candidates(bundle: Path, x: np.ndarray, names: list[str], threads: int
+def candidates(bundle: Path, x: np.ndarray, names: list[str], threads: int, tmp: str
                ) -> dict[str, Callable[[], object]]:
-    """Zero-argument calls running the model of ``bundle`` on ``x`` ``(B, C, H, W)``."""
+    """Zero-argument calls running the model of ``bundle`` on ``x`` ``(B, C, H, W)``, each
+    returning the logits (``tmp``: a folder for the int8 graphs)."""
     nchw = torch.from_numpy(x)
     cl_input = nchw.contiguous(memory_format=torch.channels_last)
     calls: dict[str, Callable[[], object]] = {}
@@ -64,15 +76,24 @@ def candidates(bundle: Path, x: np.ndarray, names: list[str], threads: int
         elif name == "onnxruntime":
             runner = OrtRunner(runtime_graph(bundle, net, meta, *x.shape[2:]), threads)
             calls[name] = lambda runner=runner: runner(x)
-        elif name == "openvino":
+        elif name == "onnxruntime_int8":
+            runner = OrtRunner(ort_int8_graph(bundle, net, meta, x, threads, Path(tmp)), threads)
+            calls[name] = lambda runner=runner: runner(x)
+        elif name in ("openvino", "openvino_int8"):
             import openvino
 
+            graph = openvino.Core().read_model(str(runtime_graph(bundle, net, meta,
+                                                                 *x.shape[2:])))
+            if name == "openvino_int8":
+                import nncf
+
+                graph = nncf.quantize(graph, nncf.Dataset([x[k:k + 1] for k in range(len(x))]),
+                                      subset_size=len(x))
             compiled_graph = openvino.Core().compile_model(
-                str(runtime_graph(bundle, net, meta, *x.shape[2:])), "CPU",
-                {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
-                 "PERFORMANCE_HINT": "LATENCY"})
+                graph, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+                               "PERFORMANCE_HINT": "LATENCY"})
             request = compiled_graph.create_infer_request()
-            calls[name] = lambda request=request: request.infer({0: x})
+            calls[name] = lambda request=request: request.infer({0: x})[0]
         elif name == "jit_frozen":
             cl_net = net.to(memory_format=torch.channels_last)
             with warnings.catch_warnings():
@@ -88,6 +109,24 @@ def candidates(bundle: Path, x: np.ndarray, names: list[str], threads: int
         else:
             raise SystemExit(f"unknown candidate {name!r}; use some of {', '.join(CANDIDATES)}")
     return calls
+
+
+def ort_int8_graph(bundle: Path, net: torch.nn.Module, meta, x: np.ndarray, threads: int,
+                   tmp: Path) -> Path:
+    """The graph ``--precision int8`` would build for windows like ``x``, calibrated on ``x``
+    (the first step of its float-tail search that agrees, else the best; not cached)."""
+    fp32 = runtime_graph(bundle, net, meta, *x.shape[2:])
+    valid = np.ones((len(x), *x.shape[2:]), dtype=bool)
+    reference = session_classes(ort_session(fp32, threads), x)
+    data, _, _ = quantize_graph(fp32, x, valid, reference, not has_vnni(), threads)
+    graph = tmp / f"int8_{len(x)}.onnx"
+    graph.write_bytes(data)
+    return graph
+
+
+def classes(logits: object) -> np.ndarray:
+    """``(B, H, W)`` argmax of a candidate's logits (a tensor or an array)."""
+    return np.asarray(logits).argmax(axis=1)
 
 
 def profiled_session(graph: Path, threads: int, prefix: Path):
@@ -125,12 +164,15 @@ def run(args: argparse.Namespace) -> dict:
         for batch in args.batch_sizes:
             x = np.random.default_rng(0).normal(
                 size=(batch, BANDS, args.tile, args.tile)).astype(np.float32)
-            calls = candidates(bundle, x, names, args.threads)
-            setup = {}
+            calls = candidates(bundle, x, names, args.threads, tmp)
+            setup, agreement = {}, {}
+            reference = classes(load_bundle(bundle)[0].eval()(torch.from_numpy(x)))
             for name, call in calls.items():  # first calls: compile, prepack, arenas
                 start = time.perf_counter()
-                call()
+                logits = call()
                 setup[name] = round(time.perf_counter() - start, 2)
+                if name.endswith("_int8"):
+                    agreement[name] = round(float((classes(logits) == reference).mean()), 4)
                 call()
             calls_per_round = max(1, args.pixels // (batch * args.tile ** 2))
             best = dict.fromkeys(calls, 0.0)
@@ -144,7 +186,8 @@ def run(args: argparse.Namespace) -> dict:
             eager = best.get("eager")
             figures = result["batches"][str(batch)] = {
                 name: {"mpx_s": round(mpx, 4), "first_call_s": setup[name],
-                       **({"vs_eager": round(mpx / eager, 3)} if eager else {})}
+                       **({"vs_eager": round(mpx / eager, 3)} if eager else {}),
+                       **({"agreement": agreement[name]} if name in agreement else {})}
                 for name, mpx in best.items()}
             if "onnxruntime" in figures:
                 net, meta = load_bundle(bundle)
@@ -162,7 +205,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=lambda s: [int(b) for b in s.split(",")],
                         default=[2, 8])
     parser.add_argument("--candidates",
-                        default=",".join(c for c in CANDIDATES if c != "openvino"),
+                        default=",".join(c for c in CANDIDATES if c not in OPTIONAL),
                         help=f"comma-separated, of {', '.join(CANDIDATES)}")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=3)
@@ -178,7 +221,8 @@ def main() -> None:
         for name, fig in figures.items():
             print(f"batch {batch:>3} {name:14s} {fig['mpx_s']:7.3f} Mpx/s  "
                   f"{fig.get('vs_eager', float('nan')):5.2f}x eager  "
-                  f"first call {fig['first_call_s']} s")
+                  f"first call {fig['first_call_s']} s"
+                  + (f"  agreement {fig['agreement']:.2%}" if "agreement" in fig else ""))
 
 
 if __name__ == "__main__":

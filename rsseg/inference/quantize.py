@@ -86,16 +86,16 @@ def int8_graph(bundle: Path, net: nn.Module, meta: BundleMeta, x: np.ndarray, va
     fp32 = runtime_graph(bundle, net, meta, height, width)
     digest = file_sha256(bundle)
     stats = json.dumps(scene_stats(x, valid))
-    reduce_range = not _has_vnni()
+    reduce_range = not has_vnni()
     key = hashlib.sha256(json.dumps([digest, stats, RECIPE, reduce_range]).encode()).hexdigest()
     path = cache_dir() / "int8" / f"{key[:32]}-{height}x{width}.onnx"
-    reference = _classes(ort_session(fp32, threads), x)
+    reference = session_classes(ort_session(fp32, threads), x)
     recorded = graph_metadata(path) if path.is_file() else {}
     if recorded.get(DIGEST_KEY) == digest and recorded.get(STATS_KEY) == stats:
         agreement = _agreement(ort_session(path, threads), x, valid, reference)
         if agreement >= MIN_AGREEMENT:
             return Int8Graph(path, agreement, int(recorded.get(FLOATS_KEY, 0)))
-    data, agreement, floats = _quantize(fp32, x, valid, reference, reduce_range, threads)
+    data, agreement, floats = quantize_graph(fp32, x, valid, reference, reduce_range, threads)
     if agreement < MIN_AGREEMENT:
         raise Int8Refused(f"int8 agrees with fp32 on only {agreement:.2%} of the calibration "
                           f"windows' valid pixels (at least {MIN_AGREEMENT:.0%} needed)",
@@ -118,7 +118,7 @@ def scene_stats(x: np.ndarray, valid: np.ndarray) -> list[list[float]]:
             for band in zip(pixels.mean(axis=1), pixels.std(axis=1), p_low, p_high, strict=True)]
 
 
-def _quantize(fp32: Path, x: np.ndarray, valid: np.ndarray, reference: np.ndarray,
+def quantize_graph(fp32: Path, x: np.ndarray, valid: np.ndarray, reference: np.ndarray,
               reduce_range: bool, threads: int | None) -> tuple[bytes, float, int]:
     """Quantized graph bytes, its agreement and the count of float convolutions: the first
     step of :data:`FLOAT_TAILS` that reaches :data:`MIN_AGREEMENT`, else the best one."""
@@ -163,14 +163,14 @@ def _quantize(fp32: Path, x: np.ndarray, valid: np.ndarray, reference: np.ndarra
     return best
 
 
-def _classes(session, x: np.ndarray) -> np.ndarray:
+def session_classes(session, x: np.ndarray) -> np.ndarray:
     """``(N, h, w)`` argmax of the logits of ``session`` on ``x``, one window at a time."""
     return np.concatenate([session.run(None, {"input": x[k:k + 1]})[0].argmax(axis=1)
                            for k in range(len(x))])
 
 
 def _agreement(session, x: np.ndarray, valid: np.ndarray, reference: np.ndarray) -> float:
-    return float((_classes(session, x) == reference)[valid].mean())
+    return float((session_classes(session, x) == reference)[valid].mean())
 
 
 @contextlib.contextmanager
@@ -185,7 +185,7 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _has_vnni() -> bool:
+def has_vnni() -> bool:
     """Whether the CPU has VNNI (int8 dot products without saturation); False when unknown."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
