@@ -156,7 +156,7 @@ def test_int8_agrees_with_fp32_and_is_cached(bundle, scene, tmp_path, cache,
     def no_quantizing(*args, **kwargs):
         raise AssertionError("quantized again")
 
-    monkeypatch.setattr(quantize, "_quantize", no_quantizing)
+    monkeypatch.setattr(quantize, "quantize_graph", no_quantizing)
     predict_scene(scene, bundle, tmp_path / "int8b.tif", int8)
     assert graph.stat().st_mtime_ns == stamp  # reused, verified, not re-quantized
     np.testing.assert_array_equal(b, _classes(tmp_path / "int8b.tif"))
