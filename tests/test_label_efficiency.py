@@ -49,6 +49,29 @@ def test_pairs_compare_two_arms_on_the_seeds_both_ran(tool):
     assert row["delta_miou_points"][0] == pytest.approx(2.0)
 
 
+def test_methods_pool_each_pretraining_seed_with_the_other_methods_run_of_that_seed(tool):
+    info = {"random": {"method": "random", "steps": 0},
+            "g0": {"method": "glcnet", "steps": 100, "seed": 0},
+            "g1": {"method": "glcnet", "steps": 100, "seed": 1},
+            "s0": {"method": "simclr", "steps": 100, "seed": 0},
+            "s1": {"method": "simclr", "steps": 100, "seed": 1},
+            "s2": {"method": "simclr", "steps": 100, "seed": 2},  # no GLCNet of seed 2
+            "g_short": {"method": "glcnet", "steps": 30, "seed": 0}}  # alone at its budget
+    scores = {"random": (0.20, 0.10), "g0": (0.40, 0.30), "g1": (0.30, 0.20),
+              "s0": (0.35, 0.31), "s1": (0.31, 0.15), "s2": (0.9, 0.9), "g_short": (0.5, 0.5)}
+    runs = [_run(arm, seed, miou) for arm, pair in scores.items()
+            for seed, miou in enumerate(pair)]
+    rows = {(r["method"], r["base"], r["steps"]): r for r in tool.summarise_methods(runs, info)}
+    versus_simclr = rows["glcnet", "simclr", 100]
+    assert versus_simclr["runs"] == 2 and versus_simclr["n"] == 4
+    assert versus_simclr["delta_miou_points"][0] == pytest.approx((5 - 1 - 1 + 5) / 4)
+    assert versus_simclr["at_least"] == {"0": 2, "2": 2, "5": 2}
+    versus_random = rows["glcnet", "random", 100]
+    assert versus_random["delta_miou_points"][0] == pytest.approx((20 + 20 + 10 + 10) / 4)
+    assert rows["simclr", "random", 100]["runs"] == 3
+    assert ("glcnet", "random", 30) not in rows  # one pretraining run: nothing pooled
+
+
 def test_merge_adds_the_runs_and_arms_of_another_result_file(tool, tmp_path):
     mine = {"dataset": "dubai", "arms": ["random", "glcnet"], "runs": [_run("random", 0, 0.3)],
             "arm_runs": {"random": None, "glcnet": "g"},

@@ -28,16 +28,17 @@ the points without an answer and the classes collected per arm.
     python tools/active_learning.py --dataset nc --budget tiny --out /tmp/al   # smoke test
 
 Budgets (``--budget``): ``full`` (25 + 25 per round up to 200, seeds 0–2, the shallow U-Net of
-``rsseg demo``'s NC case with 40 fine-tuning steps of 8 crops: 2 datasets × 3 seeds × 22
-fine-tunes, a few hours on 2 CPU cores) and ``tiny`` (4 + 4 up to 8 points, one seed, the
-central 128 px of two training images, 2 steps: a smoke test). ``--seeds`` and ``--max-points``
+``rsseg demo``'s NC case with 40 fine-tuning steps of 8 crops: 2 datasets × 3 seeds × 22 fine-tunes,
+a few hours on 2 CPU cores), ``pretrained`` (the same rounds, every one fine-tuned with ``--config``
+as it is — by default configs/finetune_cpu.yaml, the DeepLabV3+ ResNet-18 of the CPU pretraining
+configs, 200 steps of 8 crops — for ``--init RUN``) and ``tiny`` (4 + 4 up to 8 points, one seed,
+the central 128 px of two training images, 2 steps: a smoke test). ``--seeds`` and ``--max-points``
 (a round's size: ``start`` + k × ``step``) cut a budget down, keeping its protocol and recipe, and
-``--resume`` grows a cut run later (more seeds, more points): its rounds are replayed. The
-reduced study above (NC, seed 0, 25 + 25 per round to 100: the start and 3 rounds of 3 arms)
-asks whether hybrid reaches random's 100-point mIoU with 50 points. Writes ``OUT.json`` (every
-round: scores, the points asked), ``OUT.md`` and ``OUT.png`` (mIoU against points per arm),
-rewritten after every round; ``--resume`` replays the rounds of ``OUT.json`` (same budget) and
-runs the rest.
+``--resume`` grows a cut run later (more seeds, more points): its rounds are replayed. The reduced
+study above (NC, seed 0, 25 + 25 per round to 100: the start and 3 rounds of 3 arms) asks whether
+hybrid reaches random's 100-point mIoU with 50 points. Writes ``OUT.json`` (every round: scores, the
+points asked), ``OUT.md`` and ``OUT.png`` (mIoU against points per arm), rewritten after every
+round; ``--resume`` replays the rounds of ``OUT.json`` (same budget) and runs the rest.
 """
 
 from __future__ import annotations
@@ -73,11 +74,14 @@ MODEL = ["model.arch=unet", "model.encoder=resnet18",
          'model.kwargs={"encoder_depth": 3, "decoder_channels": [64, 32, 16]}']
 BUDGETS: dict[str, dict] = {
     "full": {"start": 25, "step": 25, "max": 200, "seeds": [0, 1, 2], "images": None,
-             "crop": None,
+             "crop": None, "model": MODEL,
              "finetune": ["data.crop_size=64", "trainer.epochs=4", "trainer.steps_per_epoch=10",
                           "trainer.batch_size=8", "optim.lr=0.001", "optim.schedule=cosine",
                           "optim.min_lr=1.0e-5", "tile=128", "overlap=32"]},
+    "pretrained": {"start": 25, "step": 25, "max": 200, "seeds": [0, 1, 2], "images": None,
+                   "crop": None, "model": [], "finetune": []},
     "tiny": {"start": 4, "step": 4, "max": 8, "seeds": [0], "images": 2, "crop": 128,
+             "model": MODEL,
              "finetune": ["data.crop_size=32", "trainer.epochs=1", "trainer.steps_per_epoch=2",
                           "trainer.batch_size=4", "tile=64", "overlap=16"]},
 }
@@ -460,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = load_dataset(name, args.data, budget["images"], budget["crop"], args.work)
         for seed in seeds:
             config = load_config(FinetuneConfig, args.config,
-                                 [*MODEL, *budget["finetune"], *COMMON, *args.sets,
+                                 [*budget["model"], *budget["finetune"], *COMMON, *args.sets,
                                   f"trainer.seed={seed}"])
             for arm in arms:
                 run_arm(dataset, arm, seed, budget, config, args.init, args.work, results, out)

@@ -345,6 +345,41 @@ def summarise_pairs(runs: list[dict], pairs: list[tuple[str, str]]) -> list[dict
     return rows
 
 
+def summarise_methods(runs: list[dict], info: dict[str, dict]) -> list[dict]:
+    """Per (protocol, setting, method A − method B, pretraining steps): the paired differences of
+    every pretraining seed both methods ran (each against the other's run of the same seed and
+    steps; against random init, every run of A), pooled over seeds and fine-tuning seeds:
+    mean ± sd, and how many are at least 0, +2 and +5 points."""
+    runs_of: dict[tuple[str, int], dict[int, str]] = {}
+    for arm, pre in info.items():
+        runs_of.setdefault((pre["method"], pre["steps"]), {})[pre.get("seed", 0)] = arm
+    random_arms = [arm for arm, pre in info.items() if pre["method"] == "random"]
+    comparisons = []
+    for (method, steps), seeds in runs_of.items():
+        if method == "random":
+            continue
+        comparisons += [(method, "random", steps, [(a, base) for a in seeds.values()])
+                        for base in random_arms]
+        for (other, other_steps), other_seeds in runs_of.items():
+            if other_steps == steps and other not in ("random", method) and method < other:
+                comparisons.append((method, other, steps, [(seeds[k], other_seeds[k])
+                                                           for k in seeds if k in other_seeds]))
+    rows = []
+    for protocol in ("finetune", "probe"):
+        for setting in dict.fromkeys(r["setting"] for r in runs):
+            for method, base, steps, pairs in comparisons:
+                per_run = [d for d in (paired_deltas(runs, protocol, setting, a, b)
+                                       for a, b in pairs) if d]
+                deltas = [d for run in per_run for d in run]
+                if len(per_run) > 1:  # one run: the arm tables show it
+                    rows.append({"protocol": protocol, "setting": setting, "method": method,
+                                 "base": base, "steps": steps, "runs": len(per_run),
+                                 "delta_miou_points": _mean_sd(deltas), "n": len(deltas),
+                                 "at_least": {str(t): sum(d >= t for d in deltas)
+                                              for t in (0, 2, 5)}})
+    return rows
+
+
 def _mean_sd(values: list[float]) -> list[float] | None:
     if not values:
         return None
@@ -356,6 +391,7 @@ def write_outputs(results: dict, out: Path) -> None:
     results["summary"] = summarise(results["runs"], results["arms"])
     results["pair_summary"] = summarise_pairs(results["runs"],
                                               [tuple(p) for p in results.get("pairs", [])])
+    results["method_summary"] = summarise_methods(results["runs"], results["pretraining"])
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     lines = [f"# Label efficiency — {results['dataset']}", "", results["notes"], "",
              "| protocol | labels | arm | pretraining steps | pretraining seed | runs | mIoU | "
@@ -383,6 +419,15 @@ def write_outputs(results: dict, out: Path) -> None:
                   "|---" * 5 + "|"]
         lines += [f"| {r['protocol']} | {r['setting']} | {r['arm']} − {r['base']} | "
                   f"{delta(r)} | {per_seed(r)} |" for r in results["pair_summary"]]
+    if results["method_summary"]:
+        lines += ["", "Methods, pooled over their pretraining seeds (each pair: same pretraining "
+                  "steps and seed, same labels, same fine-tuning seed):", "",
+                  "| protocol | labels | method − method | pretraining steps | pretraining runs "
+                  "| Δ mIoU (points) | pairs ≥ 0 / ≥ +2 / ≥ +5 |", "|---" * 7 + "|"]
+        lines += [f"| {r['protocol']} | {r['setting']} | {r['method']} − {r['base']} | "
+                  f"{r['steps']} | {r['runs']} | {delta(r)} | "
+                  f"{' / '.join(str(v) for v in r['at_least'].values())} of {r['n']} |"
+                  for r in results["method_summary"]]
     errors = [r for r in results["runs"] if "error" in r]
     lines += ["", *(f"- error: {r['arm']} {r['setting']} seed {r['seed']}: {r['error']}"
                     for r in errors)]
