@@ -10,12 +10,12 @@ same input, the model alone (no reading, blending or writing) as
 - ``onnxruntime``: what ``--backend onnxruntime`` runs (the graph exported as rsseg exports it);
 - ``openvino``: the same ONNX graph compiled by OpenVINO (f32, latency hint) — not used: no
   faster than ONNX Runtime on the CPUs measured; needs ``pip install openvino``;
-- ``onnxruntime_int8``: what ``--precision int8`` runs — the graph statically quantized by ONNX
-  Runtime (QDQ, first and last convolutions float; :mod:`rsseg.inference.quantize`), calibrated
-  on the benchmark's input, here without the 99 % agreement check;
-- ``openvino_int8``: the same fp32 graph quantized by NNCF's post-training ``nncf.quantize``
-  (its default mixed preset, calibrated on the same input), compiled by OpenVINO — the
-  alternative ``--precision int8`` was measured against; needs ``pip install openvino nncf``;
+- ``onnxruntime_int8``: ``--precision int8``'s cheapest graph — ONNX Runtime static QDQ
+  quantization with only the first and last convolutions float (:mod:`rsseg.inference.quantize`),
+  calibrated on the benchmark's input, without the 99 % agreement check;
+- ``openvino_int8``: the same fp32 graph quantized by NNCF's post-training ``nncf.quantize`` with
+  the same two convolutions float (its default mixed preset otherwise, calibrated on the same
+  input), compiled by OpenVINO; needs ``pip install openvino nncf``;
 - ``jit_frozen``: ``torch.jit.trace`` + ``torch.jit.freeze`` of the channels-last model
   (Conv-BN folding, pre-packed oneDNN weights) — not used: deprecated in PyTorch 2.x;
 - ``compiled``: ``torch.compile`` (inductor, weight freezing) of the channels-last model — not
@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
+import sys
 import tempfile
 import time
 import warnings
@@ -87,8 +89,11 @@ def candidates(bundle: Path, x: np.ndarray, names: list[str], threads: int, tmp:
             if name == "openvino_int8":
                 import nncf
 
-                graph = nncf.quantize(graph, nncf.Dataset([x[k:k + 1] for k in range(len(x))]),
-                                      subset_size=len(x))
+                with contextlib.redirect_stdout(sys.stderr):  # its progress bar: not --json's
+                    graph = nncf.quantize(
+                        graph, nncf.Dataset([x[k:k + 1] for k in range(len(x))]),
+                        subset_size=len(x),
+                        ignored_scope=nncf.IgnoredScope(names=float_convs(graph)))
             compiled_graph = openvino.Core().compile_model(
                 graph, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
                                "PERFORMANCE_HINT": "LATENCY"})
@@ -113,15 +118,23 @@ def candidates(bundle: Path, x: np.ndarray, names: list[str], threads: int, tmp:
 
 def ort_int8_graph(bundle: Path, net: torch.nn.Module, meta, x: np.ndarray, threads: int,
                    tmp: Path) -> Path:
-    """The graph ``--precision int8`` would build for windows like ``x``, calibrated on ``x``
-    (the first step of its float-tail search that agrees, else the best; not cached)."""
+    """``--precision int8``'s graph with only the first and last convolutions float, for
+    windows like ``x`` and calibrated on ``x`` (not verified, not cached)."""
     fp32 = runtime_graph(bundle, net, meta, *x.shape[2:])
     valid = np.ones((len(x), *x.shape[2:]), dtype=bool)
     reference = session_classes(ort_session(fp32, threads), x)
-    data, _, _ = quantize_graph(fp32, x, valid, reference, not has_vnni(), threads)
+    data, _, _ = quantize_graph(fp32, x, valid, reference, not has_vnni(), threads, tails=(1,))
     graph = tmp / f"int8_{len(x)}.onnx"
     graph.write_bytes(data)
     return graph
+
+
+def float_convs(graph) -> list[str]:
+    """Names of the first and last convolutions of an OpenVINO model (the last one takes the
+    graph output's name)."""
+    convs = [op.get_friendly_name() for op in graph.get_ordered_ops()
+             if op.get_type_name() == "Convolution"]
+    return [convs[0], convs[-1]]
 
 
 def classes(logits: object) -> np.ndarray:

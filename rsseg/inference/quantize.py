@@ -119,9 +119,11 @@ def scene_stats(x: np.ndarray, valid: np.ndarray) -> list[list[float]]:
 
 
 def quantize_graph(fp32: Path, x: np.ndarray, valid: np.ndarray, reference: np.ndarray,
-              reduce_range: bool, threads: int | None) -> tuple[bytes, float, int]:
+                   reduce_range: bool, threads: int | None,
+                   tails: tuple[int, ...] = FLOAT_TAILS) -> tuple[bytes, float, int]:
     """Quantized graph bytes, its agreement and the count of float convolutions: the first
-    step of :data:`FLOAT_TAILS` that reaches :data:`MIN_AGREEMENT`, else the best one."""
+    step of ``tails`` (last convolutions kept float) that reaches :data:`MIN_AGREEMENT`, else
+    the best one."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -147,7 +149,7 @@ def quantize_graph(fp32: Path, x: np.ndarray, valid: np.ndarray, reference: np.n
         cache = {}  # the ranges calibrated once, reused by every step (onnxruntime >= 1.24)
         if "calibration_cache_path" in inspect.signature(quantize_static).parameters:
             cache["calibration_cache_path"] = str(Path(tmp) / "ranges.json")
-        for tail in FLOAT_TAILS:
+        for tail in tails:
             floats = sorted({*convs[:1], *convs[max(1, len(convs) - tail):]})
             out = Path(tmp) / f"int8_{tail}.onnx"
             quantize_static(str(fp32), str(out), Windows(), quant_format=QuantFormat.QDQ,
