@@ -8,8 +8,9 @@ same input, the model alone (no reading, blending or writing) as
 - ``folded``: channels-last with BatchNorm folded into the convolutions — what ``--backend
   torch`` runs;
 - ``onnxruntime``: what ``--backend onnxruntime`` runs (the graph exported as rsseg exports it);
-- ``openvino``: the same ONNX graph compiled by OpenVINO (f32, latency hint) — not used: no
-  faster than ONNX Runtime on the CPUs measured; needs ``pip install openvino``;
+- ``openvino``: the same ONNX graph compiled by OpenVINO (f32, latency hint) — not used: as
+  fast as ONNX Runtime on the AVX2 CPU, 1.1–1.4× on the AVX-512 one (docs/performance.md), one
+  more runtime; needs ``pip install openvino``;
 - ``onnxruntime_int8``: ``--precision int8``'s cheapest graph — ONNX Runtime static QDQ
   quantization with only the first and last convolutions float (:mod:`rsseg.inference.quantize`),
   calibrated on the benchmark's input, without the 99 % agreement check;
