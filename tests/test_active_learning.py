@@ -70,3 +70,17 @@ def test_max_points_cuts_a_budget_to_a_round(al, tmp_path: Path) -> None:
             al.with_max_points(full, bad)
     with pytest.raises(SystemExit, match="needs --data DIR"):
         al.main(["--dataset", "dubai", "--out", str(tmp_path / "al")])
+
+
+def test_pretrained_budget_fine_tunes_with_the_config_as_it_is(al) -> None:
+    from rsseg.config import FinetuneConfig, load_config
+
+    def config(budget: str):
+        sets = al.BUDGETS[budget]
+        return load_config(FinetuneConfig, al.ROOT / "configs" / "finetune_cpu.yaml",
+                           [*sets["model"], *sets["finetune"], *al.COMMON])
+
+    plain = load_config(FinetuneConfig, al.ROOT / "configs" / "finetune_cpu.yaml")
+    pretrained = config("pretrained")
+    assert pretrained.model == plain.model and pretrained.trainer.epochs == plain.trainer.epochs
+    assert config("full").model.arch == "unet"  # the shallow U-Net of the NC demo
