@@ -349,7 +349,8 @@ def summarise_methods(runs: list[dict], info: dict[str, dict]) -> list[dict]:
     """Per (protocol, setting, method A − method B, pretraining steps): the paired differences of
     every pretraining seed both methods ran (each against the other's run of the same seed and
     steps; against random init, every run of A), pooled over seeds and fine-tuning seeds:
-    mean ± sd, and how many are at least 0, +2 and +5 points."""
+    mean ± sd, and how many are at least 0, +2 and +5 points. Two pretraining methods are
+    compared in the order of their names (``glcnet − simclr``)."""
     runs_of: dict[tuple[str, int], dict[int, str]] = {}
     for arm, pre in info.items():
         runs_of.setdefault((pre["method"], pre["steps"]), {})[pre.get("seed", 0)] = arm
