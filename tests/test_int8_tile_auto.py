@@ -1,5 +1,5 @@
 """``predict --tile auto`` (the largest window whose activations fit --max-memory) and
-``--precision int8|auto`` (ONNX Runtime QDQ calibrated on the scene's windows, verified, cached)."""
+``--precision int8|auto`` (NNCF on the scene's windows, run by OpenVINO, verified, cached)."""
 
 from __future__ import annotations
 
@@ -120,7 +120,9 @@ def test_tile_auto_is_the_default_and_printed_once(bundle, scene, tmp_path, run_
     (["--max-memory", "lots"], "--max-memory 'lots' is not an amount of memory"),
     (["--tile", "big"], "--tile 'big' is neither auto nor a number of pixels"),
     (["--precision", "int8", "--backend", "torch"],
-     "--precision int8 runs with --backend onnxruntime only, not torch"),
+     "--precision int8 runs with --backend openvino only, not torch"),
+    (["--precision", "int8", "--backend", "onnxruntime"],
+     "--precision int8 runs with --backend openvino only, not onnxruntime"),
 ])
 def test_bad_flags_are_one_line(bundle, scene, tmp_path, run_cli, flags, message) -> None:
     result = run_cli("predict", scene, "--model", bundle, "--out", tmp_path / "p.tif", *flags)
@@ -131,8 +133,9 @@ def test_bad_flags_are_one_line(bundle, scene, tmp_path, run_cli, flags, message
 
 @pytest.mark.parametrize(("options", "device", "message"), [
     (RuntimeOptions(precision="int8"), torch.device("cuda"), "int8 runs on the CPU only"),
-    (RuntimeOptions(backend="torch", precision="int8"), CPU, "with --backend onnxruntime only"),
-    (RuntimeOptions(backend="onnxruntime", precision="bf16"), CPU, "runs fp32 or int8"),
+    (RuntimeOptions(backend="torch", precision="int8"), CPU, "with --backend openvino only"),
+    (RuntimeOptions(backend="openvino", precision="bf16"), CPU, "runs fp32 or int8, not bf16"),
+    (RuntimeOptions(backend="openvino"), torch.device("cuda"), "openvino runs on the CPU only"),
 ])
 def test_int8_where_it_cannot_run(options, device, message) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -141,16 +144,17 @@ def test_int8_where_it_cannot_run(options, device, message) -> None:
 
 def test_int8_agrees_with_fp32_and_is_cached(bundle, scene, tmp_path, cache,
                                              monkeypatch) -> None:
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip("nncf")
     lines: list[str] = []
-    fp32 = PredictOptions(tile=64, runtime=RuntimeOptions(backend="onnxruntime", threads=1))
+    fp32 = PredictOptions(tile=64, runtime=RuntimeOptions(backend="openvino", threads=1))
     int8 = PredictOptions(tile=64, runtime=RuntimeOptions(precision="int8", threads=1))
     predict_scene(scene, bundle, tmp_path / "fp32.tif", fp32)
     predict_scene(scene, bundle, tmp_path / "int8.tif", int8, notify=lines.append)
     assert len(lines) == 1 and lines[0].startswith("int8: agrees with fp32 on "), lines
     a, b = _classes(tmp_path / "fp32.tif"), _classes(tmp_path / "int8.tif")
     assert (a == b).mean() >= 0.98
-    (graph,) = (cache / "int8").iterdir()
+    graph, weights = sorted((cache / "int8").iterdir(), key=lambda p: p.suffix != ".xml")
+    assert (graph.suffix, weights.suffix, weights.stem) == (".xml", ".bin", graph.stem)
     stamp = graph.stat().st_mtime_ns
 
     def no_quantizing(*args, **kwargs):
@@ -161,10 +165,20 @@ def test_int8_agrees_with_fp32_and_is_cached(bundle, scene, tmp_path, cache,
     assert graph.stat().st_mtime_ns == stamp  # reused, verified, not re-quantized
     np.testing.assert_array_equal(b, _classes(tmp_path / "int8b.tif"))
 
+    # a graph recorded for other scene statistics is never reused: quantized again
+    import openvino
+
+    model = openvino.Core().read_model(str(graph))
+    model.set_rt_info("[[0.0]]", quantize.STATS_KEY)
+    openvino.save_model(model, str(tmp_path / "other.xml"), compress_to_fp16=False)
+    (tmp_path / "other.xml").replace(graph)  # the weights stay: OpenVINO maps them
+    with pytest.raises(AssertionError, match="quantized again"):
+        predict_scene(scene, bundle, tmp_path / "int8c.tif", int8)
+
 
 def test_int8_refused_below_agreement_unless_auto(bundle, scene, tmp_path, run_cli,
                                                   monkeypatch) -> None:
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip("nncf")
     monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)  # nothing can reach it
     args = ("predict", scene, "--model", bundle, "--tile", 64, "--threads", 1)
     refused = run_cli(*args, "--out", tmp_path / "int8.tif", "--precision", "int8")
@@ -173,7 +187,7 @@ def test_int8_refused_below_agreement_unless_auto(bundle, scene, tmp_path, run_c
     assert not (tmp_path / "int8.tif").exists() and not (tmp_path / "cache" / "int8").exists()
     auto = run_cli(*args, "--out", tmp_path / "auto.tif", "--precision", "auto")
     assert auto.exit_code == 0, auto
-    assert "Warning: --precision auto: fp32 (onnxruntime), not int8: int8 agrees" in auto.stderr
+    assert "Warning: --precision auto: fp32 (openvino), not int8: int8 agrees" in auto.stderr
     assert run_cli(*args, "--out", tmp_path / "fp32.tif").exit_code == 0
     np.testing.assert_array_equal(_classes(tmp_path / "auto.tif"),
                                   _classes(tmp_path / "fp32.tif"))
@@ -181,7 +195,7 @@ def test_int8_refused_below_agreement_unless_auto(bundle, scene, tmp_path, run_c
 
 def test_int8_calibration_on_an_all_nodata_scene_is_one_line(bundle, geotiff_factory, tmp_path,
                                                             run_cli) -> None:
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip("nncf")
     empty = geotiff_factory("empty.tif", np.zeros((3, 40, 40), dtype=np.uint8), nodata=0)
     result = run_cli("predict", empty, "--model", bundle, "--out", tmp_path / "p.tif",
                      "--precision", "int8")

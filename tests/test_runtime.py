@@ -4,6 +4,7 @@ overlapped I/O helpers."""
 from __future__ import annotations
 
 import builtins
+import sys
 import threading
 import time
 from pathlib import Path
@@ -53,7 +54,9 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (RuntimeOptions(precision="fp16"), CPU, "fp16 runs on a GPU only"),
     (RuntimeOptions(threads=0), CPU, "--threads 0 must be at least 1"),
     (RuntimeOptions(threads=-2), CPU, "--threads -2 must be at least 1"),
-    (RuntimeOptions(backend="onnxruntime", precision="bf16"), CPU, "runs fp32 or int8"),
+    (RuntimeOptions(backend="onnxruntime", precision="bf16"), CPU, "onnxruntime runs fp32, not"),
+    (RuntimeOptions(backend="onnxruntime", precision="int8"), CPU, "int8 runs with --backend "
+                                                                   "openvino only"),
     (RuntimeOptions(backend="onnxruntime"), torch.device("cuda"), "CPU only"),
     (RuntimeOptions(backend="tensorrt"), CPU, "unknown backend 'tensorrt'"),
 ])
@@ -111,6 +114,31 @@ def test_onnxruntime_matches_torch_and_caches_by_bundle_hash(scene, cache, tmp_p
     assert other_graph.name.startswith(digest[:32])
     with rasterio.open(tmp_path / "other.tif") as a, rasterio.open(tmp_path / "other2.tif") as b:
         np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_openvino_fp32_matches_torch(scene, cache, tmp_path) -> None:
+    pytest.importorskip("openvino")
+    bundle = _bundle(tmp_path / "a.rsseg", seed=0)
+    ov_options = PredictOptions(runtime=RuntimeOptions(backend="openvino", threads=1))
+    predict_scene(scene, bundle, tmp_path / "torch.tif")
+    predict_scene(scene, bundle, tmp_path / "ov.tif", ov_options)
+    with rasterio.open(tmp_path / "torch.tif") as a, rasterio.open(tmp_path / "ov.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_missing_openvino_names_the_extra_and_auto_falls_back(scene, cache, tmp_path, run_cli,
+                                                             monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import fails as if absent
+    bundle = _bundle(tmp_path / "a.rsseg", seed=0)
+    args = ("predict", scene, "--model", bundle, "--threads", 1)
+    result = run_cli(*args, "--out", tmp_path / "p.tif", "--precision", "int8")
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result
+    assert ("--precision int8 needs the optional package openvino" in result.stderr
+            and "pip install 'rsseg[openvino]'" in result.stderr)
+    assert not (tmp_path / "p.tif").exists()
+    auto = run_cli(*args, "--out", tmp_path / "auto.tif", "--precision", "auto")
+    assert auto.exit_code == 0, auto
+    assert "--precision auto: fp32 (torch), not int8: --precision int8 needs" in auto.stderr
 
 
 def test_cache_folder_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

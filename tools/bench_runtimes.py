@@ -8,15 +8,16 @@ same input, the model alone (no reading, blending or writing) as
 - ``folded``: channels-last with BatchNorm folded into the convolutions — what ``--backend
   torch`` runs;
 - ``onnxruntime``: what ``--backend onnxruntime`` runs (the graph exported as rsseg exports it);
-- ``openvino``: the same ONNX graph compiled by OpenVINO (f32, latency hint) — not used: as
-  fast as ONNX Runtime on the AVX2 CPU, 1.1–1.4× on the AVX-512 one (docs/performance.md), one
-  more runtime; needs ``pip install openvino``;
-- ``onnxruntime_int8``: ``--precision int8``'s cheapest graph — ONNX Runtime static QDQ
-  quantization with only the first and last convolutions float (:mod:`rsseg.inference.quantize`),
-  calibrated on the benchmark's input, without the 99 % agreement check;
-- ``openvino_int8``: the same fp32 graph quantized by NNCF's post-training ``nncf.quantize`` with
-  the same two convolutions float (its default mixed preset otherwise, calibrated on the same
-  input), compiled by OpenVINO; needs ``pip install openvino nncf``;
+- ``openvino``: what ``--backend openvino`` runs: the same ONNX graph compiled by OpenVINO (f32,
+  latency hint); needs ``pip install 'rsseg[openvino]'``;
+- ``onnxruntime_int8``: the int8 path rsseg had before it moved to OpenVINO — ONNX Runtime static
+  QDQ quantization (per-channel int8 weights, uint8 activations, min/max ranges, 7-bit weights
+  on CPUs without VNNI) with only the first and last convolutions float, calibrated on the
+  benchmark's input;
+- ``openvino_int8``: ``--precision int8``'s cheapest graph — the same fp32 graph quantized by
+  NNCF (:func:`rsseg.inference.quantize.quantize_graph`) with the same two convolutions float,
+  calibrated on the same input, compiled by OpenVINO; neither int8 graph gets the 99 %
+  agreement check here;
 - ``jit_frozen``: ``torch.jit.trace`` + ``torch.jit.freeze`` of the channels-last model
   (Conv-BN folding, pre-packed oneDNN weights) — not used: deprecated in PyTorch 2.x;
 - ``compiled``: ``torch.compile`` (inductor, weight freezing) of the channels-last model — not
@@ -36,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
-import sys
 import tempfile
 import time
 import warnings
@@ -49,8 +48,9 @@ import numpy as np
 import torch
 from bench_predict import BANDS, make_bundle
 
-from rsseg.inference.onnx_cache import ort_session, runtime_graph
-from rsseg.inference.quantize import has_vnni, quantize_graph, session_classes
+from rsseg.inference.onnx_cache import runtime_graph
+from rsseg.inference.openvino_runtime import OvRunner, compile_cpu, window_classes
+from rsseg.inference.quantize import quantize_graph
 from rsseg.inference.runtime import OrtRunner, TorchRunner, torch_threads
 from rsseg.models.bundle import load_bundle
 from rsseg.models.onnx_export import require_onnx
@@ -83,23 +83,13 @@ def candidates(bundle: Path, x: np.ndarray, names: list[str], threads: int, tmp:
             runner = OrtRunner(ort_int8_graph(bundle, net, meta, x, threads, Path(tmp)), threads)
             calls[name] = lambda runner=runner: runner(x)
         elif name in ("openvino", "openvino_int8"):
-            import openvino
-
-            graph = openvino.Core().read_model(str(runtime_graph(bundle, net, meta,
-                                                                 *x.shape[2:])))
+            graph = runtime_graph(bundle, net, meta, *x.shape[2:])
             if name == "openvino_int8":
-                import nncf
-
-                with contextlib.redirect_stdout(sys.stderr):  # its progress bar: not --json's
-                    graph = nncf.quantize(
-                        graph, nncf.Dataset([x[k:k + 1] for k in range(len(x))]),
-                        subset_size=len(x),
-                        ignored_scope=nncf.IgnoredScope(names=float_convs(graph)))
-            compiled_graph = openvino.Core().compile_model(
-                graph, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
-                               "PERFORMANCE_HINT": "LATENCY"})
-            request = compiled_graph.create_infer_request()
-            calls[name] = lambda request=request: request.infer({0: x})[0]
+                valid = np.ones((len(x), *x.shape[2:]), dtype=bool)
+                reference = window_classes(compile_cpu(graph, threads), x)
+                graph, _, _ = quantize_graph(graph, x, valid, reference, threads, tails=(1,))
+            runner = OvRunner(graph, threads)
+            calls[name] = lambda runner=runner: runner(x)
         elif name == "jit_frozen":
             cl_net = net.to(memory_format=torch.channels_last)
             with warnings.catch_warnings():
@@ -119,23 +109,40 @@ def candidates(bundle: Path, x: np.ndarray, names: list[str], threads: int, tmp:
 
 def ort_int8_graph(bundle: Path, net: torch.nn.Module, meta, x: np.ndarray, threads: int,
                    tmp: Path) -> Path:
-    """``--precision int8``'s graph with only the first and last convolutions float, for
-    windows like ``x`` and calibrated on ``x`` (not verified, not cached)."""
+    """ONNX Runtime's QDQ int8 graph of the bundle with only the first and last convolutions
+    float, calibrated on ``x`` (min/max), for windows like ``x``."""
+    onnx, _ = require_onnx("bench_runtimes")
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Windows(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.windows = iter([{"input": x[k:k + 1]} for k in range(len(x))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.windows, None)
+
     fp32 = runtime_graph(bundle, net, meta, *x.shape[2:])
-    valid = np.ones((len(x), *x.shape[2:]), dtype=bool)
-    reference = session_classes(ort_session(fp32, threads), x)
-    data, _, _ = quantize_graph(fp32, x, valid, reference, not has_vnni(), threads, tails=(1,))
+    convs = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv"]
     graph = tmp / f"int8_{len(x)}.onnx"
-    graph.write_bytes(data)
+    quantize_static(str(fp32), str(graph), Windows(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, reduce_range=not has_vnni(),
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=[convs[0], convs[-1]])
     return graph
 
 
-def float_convs(graph) -> list[str]:
-    """Names of the first and last convolutions of an OpenVINO model (the last one takes the
-    graph output's name)."""
-    convs = [op.get_friendly_name() for op in graph.get_ordered_ops()
-             if op.get_type_name() == "Convolution"]
-    return [convs[0], convs[-1]]
+def has_vnni() -> bool:
+    """Whether the CPU has VNNI (int8 dot products without saturation); False when unknown."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def classes(logits: object) -> np.ndarray:

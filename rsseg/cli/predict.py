@@ -39,6 +39,7 @@ class Precision(str, Enum):
 class Backend(str, Enum):
     torch = "torch"
     onnxruntime = "onnxruntime"
+    openvino = "openvino"
 
 
 @app.command()
@@ -81,13 +82,14 @@ def predict(
     device: Device = typer.Option(Device.auto, help="Where the model runs."),
     precision: Precision = typer.Option(Precision.fp32, help="fp32; bf16 on CPUs with AVX-512 "
                                         "BF16/AMX and on GPUs; fp16 on GPUs; int8 on CPUs "
-                                        "(onnxruntime, calibrated on the scene's windows, "
+                                        "(OpenVINO, quantized by NNCF on the scene's windows, "
                                         "refused below 99 % agreement with fp32); auto: int8 "
                                         "where it runs and agrees, else fp32."),
-    backend: Backend | None = typer.Option(None, help="torch, or onnxruntime (CPU, fp32 and "
-                                           "int8; needs pip install 'rsseg[onnx]'; graphs are "
+    backend: Backend | None = typer.Option(None, help="torch; onnxruntime (CPU, fp32; pip "
+                                           "install 'rsseg[onnx]'); openvino (CPU, fp32 and "
+                                           "int8; pip install 'rsseg[openvino]'). Graphs are "
                                            "cached by the bundle's hash in $RSSEG_CACHE_DIR or "
-                                           "~/.cache/rsseg) [default: onnxruntime for int8 and "
+                                           "~/.cache/rsseg [default: openvino for int8 and "
                                            "auto, else torch]."),
     threads: int | None = typer.Option(None, help="CPU threads for the model [default: all "
                                        "cores]."),

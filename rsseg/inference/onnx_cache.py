@@ -1,4 +1,5 @@
-"""The ONNX graph of a bundle for ``predict --backend onnxruntime``, exported once and cached.
+"""The ONNX graph of a bundle for ``predict --backend onnxruntime|openvino`` and ``--precision
+int8``, exported once and cached.
 
 The cache file is named by the SHA-256 of the bundle file (plus the window shape and opset), and
 the digest is also stored in the graph's metadata and checked when the file is reused, so a
@@ -32,15 +33,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def runtime_graph(bundle: Path, net: nn.Module, meta: BundleMeta, height: int,
-                  width: int) -> Path:
+def runtime_graph(bundle: Path, net: nn.Module, meta: BundleMeta, height: int, width: int,
+                  what: str = "--backend onnxruntime") -> Path:
     """The cached ``(B, C, height, width)`` float32 → ``(B, K, height, width)`` logits graph of
     ``bundle`` (dynamic batch), exported and verified against PyTorch on first use.
 
-    Raises ConfigError when the onnx extra is missing, InputError when the architecture cannot be
-    exported, OutputError when the export disagrees with PyTorch or cannot be cached.
+    Raises ConfigError when the onnx extra is missing (saying ``what`` needs it), InputError
+    when the architecture cannot be exported, OutputError when the export disagrees with
+    PyTorch or cannot be cached.
     """
-    onnx, ort = require_onnx("--backend onnxruntime")
+    onnx, ort = require_onnx(what)
     digest = file_sha256(bundle)
     path = cache_dir() / "onnx" / f"{digest[:32]}-{height}x{width}-opset{OPSET}.onnx"
     if path.is_file() and graph_metadata(path).get(DIGEST_KEY) == digest:
@@ -105,5 +107,5 @@ def ort_session(graph: Path, threads: int | None):
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3  # no per-node notes (quantized graphs have many)
+    opts.log_severity_level = 3  # warnings and per-node notes are not for the user
     return ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])

@@ -1,4 +1,5 @@
-"""How the model runs: backend (PyTorch or ONNX Runtime), precision, threads, GPU staging.
+"""How the model runs: backend (PyTorch, ONNX Runtime or OpenVINO), precision, threads, GPU
+staging.
 
 A *runner* maps a ``(B, C, H, W)`` float32 numpy batch of normalised pixels to ``(B, K, H, W)``
 logits (a torch tensor on the runner's device). Choices and their checks:
@@ -9,11 +10,13 @@ logits (a torch tensor on the runner's device). Choices and their checks:
   with native bf16 — AVX-512 BF16 or AMX — and GPUs that support it) or ``fp16`` (GPU only).
   On a GPU the batch goes through one pinned host buffer with a non-blocking copy.
 - ``onnxruntime`` backend (optional extra, CPU, fp32): the bundle's graph exported once and cached
-  by the bundle's hash (:mod:`rsseg.inference.onnx_cache`); ``int8`` (CPU): that graph
-  quantized on the scene's own windows, verified against fp32 and cached
-  (:mod:`rsseg.inference.quantize`). ``int8`` and ``auto`` pick this backend unless told.
-- ``auto`` precision: int8 where it runs and agrees with fp32 (a CPU with ONNX Runtime), else
-  fp32 with a one-line warning saying why.
+  by the bundle's hash (:mod:`rsseg.inference.onnx_cache`).
+- ``openvino`` backend (optional extra, CPU): that graph in OpenVINO, fp32
+  (:mod:`rsseg.inference.openvino_runtime`); ``int8``: that graph quantized by NNCF on the
+  scene's own windows, verified against fp32 and cached (:mod:`rsseg.inference.quantize`).
+  ``int8`` and ``auto`` pick this backend unless told.
+- ``auto`` precision: int8 where it runs and agrees with fp32 (a CPU with OpenVINO and NNCF),
+  else fp32 with a one-line warning saying why.
 - ``threads``: intra-op threads of either backend (default: PyTorch's, i.e. the cores).
 """
 
@@ -32,12 +35,13 @@ from torch import nn
 from rsseg.errors import ConfigError, InputError
 from rsseg.inference.device import bf16_supported
 from rsseg.inference.fold_bn import fold_batchnorm
+from rsseg.inference.openvino_runtime import OvRunner
 from rsseg.models.bundle import BundleMeta
 from rsseg.models.factory import required_multiple
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")
-ORT_PRECISIONS = ("fp32", "int8", "auto")
+GRAPH_PRECISIONS = {"onnxruntime": ("fp32", "auto"), "openvino": ("fp32", "int8", "auto")}
 CPU_BATCH = 2  # windows per model call on CPU: small batches stay in cache (fastest)
 CPU_BATCH_PIXELS = 2 * 512**2  # ... of at most this many window pixels, at least one window
 FOLD_PROBE = 256  # largest side of the window that checks BatchNorm folding
@@ -52,7 +56,7 @@ Samples = Callable[[], tuple[np.ndarray, np.ndarray]]
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """``--backend`` (None: onnxruntime for int8/auto, else torch), ``--precision``,
+    """``--backend`` (None: openvino for int8/auto, else torch), ``--precision``,
     ``--threads`` (None: PyTorch's default)."""
 
     backend: str | None = None
@@ -64,7 +68,7 @@ class RuntimeOptions:
         """The backend that runs: the one given, else the one the precision needs."""
         if self.backend is not None:
             return self.backend
-        return "onnxruntime" if self.precision in ("int8", "auto") else "torch"
+        return "openvino" if self.precision in ("int8", "auto") else "torch"
 
 
 def check_runtime(options: RuntimeOptions, device: torch.device) -> None:
@@ -82,16 +86,17 @@ def check_runtime(options: RuntimeOptions, device: torch.device) -> None:
         if device.type != "cpu":
             raise ConfigError(f"--precision int8 runs on the CPU only, not on {device.type}",
                               "use --device cpu, or --precision fp16/bf16 on the GPU")
-        if options.engine != "onnxruntime":
-            raise ConfigError(f"--precision int8 runs with --backend onnxruntime only, not "
-                              f"{options.engine}", "leave --backend out: int8 picks onnxruntime")
-    if options.engine == "onnxruntime":
+        if options.engine != "openvino":
+            raise ConfigError(f"--precision int8 runs with --backend openvino only, not "
+                              f"{options.engine}", "leave --backend out: int8 picks openvino")
+    if options.engine in GRAPH_PRECISIONS:
         if device.type != "cpu":
-            raise ConfigError("--backend onnxruntime runs on the CPU only",
+            raise ConfigError(f"--backend {options.engine} runs on the CPU only",
                               "use --backend torch with --device cuda")
-        if options.precision not in ORT_PRECISIONS:
-            raise ConfigError(f"--backend onnxruntime runs fp32 or int8, not "
-                              f"{options.precision}", "use --precision fp32 or int8, or "
+        runs = GRAPH_PRECISIONS[options.engine]
+        if options.precision not in runs:
+            raise ConfigError(f"--backend {options.engine} runs {' or '.join(runs[:-1])}, not "
+                              f"{options.precision}", f"use --precision {runs[0]}, or "
                               "--backend torch")
     if options.precision == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16 runs on a GPU only",
@@ -184,10 +189,13 @@ def build_runner(net: nn.Module, meta: BundleMeta, bundle: Path, device: torch.d
         graph = int8_graph(bundle, net, meta, *samples(), threads=options.threads)
         note = (f"int8: agrees with fp32 on {graph.agreement:.2%} of the calibration windows' "
                 f"valid pixels ({graph.float_convs} convolution(s) kept float)")
-        return OrtRunner(graph.path, options.threads, note)
+        return OvRunner(graph.path, options.threads, note, "--precision int8")
     from rsseg.inference.onnx_cache import runtime_graph
 
-    return OrtRunner(runtime_graph(bundle, net, meta, *window), options.threads)
+    graph = runtime_graph(bundle, net, meta, *window, f"--backend {options.engine}")
+    if options.engine == "openvino":
+        return OvRunner(graph, options.threads)
+    return OrtRunner(graph, options.threads)
 
 
 def fold_probe(window: tuple[int, int], meta: BundleMeta) -> tuple[int, int]:
@@ -205,19 +213,20 @@ def _auto_runner(net: nn.Module, meta: BundleMeta, bundle: Path, device: torch.d
                  options: RuntimeOptions, window: tuple[int, int],
                  samples: Samples | None) -> Runner:
     """``--precision auto``: int8 where it runs and agrees with fp32, else fp32 (on the backend
-    asked for; onnxruntime when the graph could be exported, torch otherwise) with a warning."""
+    asked for; openvino when it is installed and the graph could be exported, torch otherwise)
+    with a warning."""
     fp32 = RuntimeOptions(options.backend, "fp32", options.threads)
-    if device.type != "cpu" or options.engine != "onnxruntime":
+    if device.type != "cpu" or options.engine != "openvino":
         return build_runner(net, meta, bundle, device, fp32, window)
     from rsseg.inference.quantize import Int8Refused
 
     try:
         return build_runner(net, meta, bundle, device,
-                            RuntimeOptions("onnxruntime", "int8", options.threads), window,
+                            RuntimeOptions("openvino", "int8", options.threads), window,
                             samples)
-    except (Int8Refused, ConfigError, InputError) as err:  # refused, no onnx, not exportable
-        usable = isinstance(err, Int8Refused) or options.backend == "onnxruntime"
-        fp32 = RuntimeOptions("onnxruntime" if usable else "torch", "fp32", options.threads)
+    except (Int8Refused, ConfigError, InputError) as err:  # refused, not installed, not exportable
+        usable = isinstance(err, Int8Refused) or options.backend == "openvino"
+        fp32 = RuntimeOptions("openvino" if usable else "torch", "fp32", options.threads)
         warnings.warn(f"--precision auto: fp32 ({fp32.engine}), not int8: {err.message}",
                       UserWarning, stacklevel=3)
         return build_runner(net, meta, bundle, device, fp32, window)
