@@ -255,16 +255,47 @@ def unet_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_strips_cover_every_window_row_once() -> None:
-    from rsseg.inference.sliding import strip_start, strips
+    from rsseg.inference.sliding import seam_fits, strips
     from rsseg.tiling.blend import layout
 
     lay = layout(150, 60, 32, 8, 8)
     pieces = strips(lay, 2000)
     assert len(pieces) == 5 and [i for p in pieces for i in p] == list(range(len(lay.rows)))
     assert strips(lay, 10**9) == [range(len(lay.rows))]
-    for piece in pieces[1:]:  # the halo: the window rows above that touch the strip's rows
-        first = strip_start(lay, piece.start)
-        assert first < piece.start and lay.rows[first] + lay.win_h > lay.rows[piece.start]
+    assert all(seam_fits(lay, piece.start) for piece in pieces[1:])
+    # overlap 24 of 32: the rows window row a-1 shares with a reach past the rows a finishes,
+    # so strips cannot meet there (only before the last, shifted-back row): the scene stays whole
+    wide = layout(150, 60, 32, 24, 8)
+    assert not any(seam_fits(wide, a) for a in range(1, len(wide.rows) - 1))
+    assert strips(wide, 2000) == [range(len(wide.rows))]
+
+
+@pytest.mark.parametrize(("overlap", "max_pixels"), [(8, 2000), (16, 1500), (0, 2500)])
+def test_strips_with_joined_seams_equal_the_whole_scene(unet_bundle, geotiff_factory, tmp_path,
+                                                        overlap, max_pixels) -> None:
+    """Every strip predicts only its own windows; its rows, with the seams of neighbouring
+    strips joined, are the whole scene's classes (to float32 summation order)."""
+    from rsseg.inference.sliding import strips
+    from rsseg.models.bundle import read_meta
+    from rsseg.pipelines.predict import predict_strip, scene_layout, strip_rows
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(1, 30, (4, 150, 60)).astype(np.uint16)
+    pixels[:, 60:70, :] = 0  # nodata across a seam
+    scene = geotiff_factory("s.tif", pixels, nodata=0)
+    options = PredictOptions(tile=32, overlap=overlap)
+    meta = read_meta(unet_bundle)
+    pieces = strips(scene_layout(scene, meta, options), max_pixels)
+    assert len(pieces) >= 3
+    parts = [predict_strip(scene, unet_bundle, options, rows) for rows in pieces]
+    assert parts[0].above is None and parts[-1].below is None
+    assert [p.above is not None for p in parts[1:]] == [p.below is not None for p in parts[:-1]]
+    assert overlap == 0 or all(p.above is not None for p in parts[1:])
+    rows = dict(strip_rows(parts, meta))
+    got = np.concatenate([rows[r] for r in sorted(rows)])
+    out = predict_scene(scene, unet_bundle, tmp_path / "one.tif", options)
+    assert got.shape == (150, 60)
+    assert (got == _classes(out.out)).mean() >= 0.9999
 
 
 def test_a_large_scene_is_split_into_strips_over_the_workers(cluster, geotiff_factory,

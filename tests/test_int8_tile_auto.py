@@ -12,7 +12,12 @@ import torch
 
 from rsseg.errors import ConfigError
 from rsseg.inference import quantize
-from rsseg.inference.memory import activation_bytes_per_pixel, auto_tile, parse_memory
+from rsseg.inference.memory import (
+    activation_bytes_per_pixel,
+    auto_tile,
+    parse_memory,
+    window_work,
+)
 from rsseg.inference.runtime import RuntimeOptions, check_runtime
 from rsseg.models.bundle import BundleMeta, save_bundle
 from rsseg.models.factory import ModelSpec, build_model
@@ -87,11 +92,19 @@ def test_activation_probe_counts_every_operator_output() -> None:
     assert 3 * 4 + 2 * 8 * 4 <= per_pixel < 4096
 
 
-def test_auto_tile_is_the_largest_multiple_that_fits() -> None:
-    # 400 B/px, batch 2, 1 GiB: sqrt(2**30 / 800) = 1158.5 -> 1152
-    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 10_000, 10_000) == 1152
-    assert auto_tile(400, 1, 1 << 30, 32, 256, 64, 10_000, 10_000) == 1632
-    assert auto_tile(1, 2, 1 << 30, 32, 256, 64, 10_000, 10_000) == 2048  # capped
+def test_auto_tile_fits_the_memory_and_computes_the_fewest_pixels() -> None:
+    # 400 B/px, batch 2, 1 GiB: sqrt(2**30 / 800) = 1158.5 -> at most 1152; on a 10,000² scene
+    # 1152² windows compute each pixel 1.33 times (10 rows, the last shifted back), 896² 1.16
+    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 10_000, 10_000) == 896
+    assert window_work(896, 64, 32, 10_000, 10_000) < 0.9 * window_work(1152, 64, 32, 10_000,
+                                                                         10_000)
+    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 2048, 2048) == 1056  # 2 rows: 1.06
+    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 1088, 1088) == 1088  # one window: 1.00
+    assert auto_tile(400, 1, 1 << 30, 32, 256, 64, 10_000, 10_000) == 1312
+    assert auto_tile(1, 2, 1 << 30, 32, 256, 64, 10_000, 10_000) == 1728  # capped at 2048
+    for side in (1000, 3000, 10_000):  # never more work than the largest window that fits
+        assert window_work(auto_tile(400, 2, 1 << 30, 32, 256, 64, side, side), 64, 32, side,
+                           side) <= window_work(1152, 64, 32, side, side)
     assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 300, 200) == 320  # the scene's size
     assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 20, 20) == 96  # above the overlap
     with pytest.raises(ConfigError, match=r"too small for one batch of 2 window\(s\) of 256².*"

@@ -47,7 +47,7 @@ from bench_predict import make_bundle, make_scene
 
 from rsseg.inference.sliding import strips
 from rsseg.models.bundle import read_meta
-from rsseg.models.factory import required_multiple
+from rsseg.pipelines.predict import PredictOptions, predict_windows
 from rsseg.tiling.blend import layout
 
 TARGETS = {"small": 0.95, "large": 0.9, "worker_rss_mb": 1536.0}
@@ -219,9 +219,10 @@ def run(args: argparse.Namespace) -> dict:
                         folder / f"{name}_sequential", folder / f"{name}_{mode}", scenes)
         compare("small", result["small"], TARGETS["small"], "cluster")
         compare("large", result["large"], TARGETS["large"], "split")
-        multiple = required_multiple(read_meta(model).model)
-        result["large"]["strips"] = len(strips(layout(args.large, args.large, 256, 64, multiple),
-                                               round(args.split_mpx * 1e6)))
+        tile, overlap, multiple, _ = predict_windows(read_meta(model), PredictOptions(),
+                                                     args.large, args.large)
+        result["large"]["strips"] = len(strips(layout(args.large, args.large, tile, overlap,
+                                                      multiple), round(args.split_mpx * 1e6)))
     peaks = [x for part in ("small", "large") for mode in result[part].values()
              if isinstance(mode, dict) for x in mode.get("worker_rss_mb", [])]
     result["worker_rss_mb"] = {"max": max(peaks), "target": TARGETS["worker_rss_mb"],

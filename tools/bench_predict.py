@@ -5,7 +5,7 @@ whole-scene stitcher, side by side in one run.
         --modes torch:fp32,onnxruntime:fp32,torch:bf16 --json
     python tools/bench_predict.py --model demo/model.rsseg --scene scene.tif --modes ...
     python tools/bench_predict.py --size 2048 --json \
-        --modes torch:fp32,onnxruntime:fp32,onnxruntime:int8,torch:fp32@auto,onnxruntime:int8@auto
+        --modes torch:fp32,openvino:fp32,openvino:int8,torch:fp32@auto,openvino:int8@auto
 
 Without ``--model``/``--scene`` it generates a 3-band uint8 scene (tiled, DEFLATE) of ``--size``²
 and a randomly initialised bundle (resnet18 U-Net by default). All speeds are scene megapixels
@@ -22,7 +22,7 @@ per second over the same windows (tile ``--tile``, overlap ``--overlap``):
 - ``peer_mpx_s``/``peer_rss_mb``: a naive stitcher (whole scene read into memory, eager fp32,
   full-scene probability sums, argmax at the end) on the same model and scene, as a subprocess.
 
-A mode is ``backend:precision`` (``onnxruntime:int8``: calibrated on the scene's windows, its
+A mode is ``backend:precision`` (``openvino:int8``: calibrated on the scene's windows, its
 ``calibration_agreement`` reported), optionally ``@auto`` or ``@N`` for its window side
 (``--tile auto``: the largest window fitting ``--max-memory``; ``tile`` and ``work`` — window
 pixels per scene pixel — are reported). Every agreement is against ``torch:fp32`` at ``--tile``,
@@ -222,8 +222,8 @@ def bench_mode(mode: str, bundle: Path, scene: Path, rss_scene: Path, folder: Pa
     out = folder / f"pred_{backend}_{precision}_{tile}.tif"
     notes: list[str] = []
     for _ in range(args.repeat):
-        summary = predict_scene(scene, bundle, out, PredictOptions(
-            tile=tile, overlap=args.overlap, batch_size=batch, device=args.device,
+        summary = predict_scene(scene, bundle, out, PredictOptions(  # same batch and windows
+            tile=tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
             overwrite=True, runtime=options, max_memory=args.max_memory), notify=notes.append)
         predict_s = min(predict_s, summary.seconds)
     with rasterio.open(out) as pred:
@@ -244,10 +244,10 @@ def bench_mode(mode: str, bundle: Path, scene: Path, rss_scene: Path, folder: Pa
                                 5)
     if args.rss_modes and mode not in args.rss_modes.split(","):
         return result, classes
-    flags = ["--backend", backend, "--precision", precision, "--batch-size", str(batch),
-             "--max-memory", str(args.max_memory)]
-    if args.threads:
-        flags += ["--threads", str(args.threads)]
+    flags = ["--backend", backend, "--precision", precision, "--max-memory", str(args.max_memory)]
+    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
+        if value:  # as given: a batch size changes the windows --tile auto picks
+            flags += [flag, str(value)]
     rss, wall = child_run(["predict", str(rss_scene), "--model", str(bundle), "--out",
                            str(folder / "rss_pred.tif"), "--overwrite", "--tile", tile,
                            "--overlap", str(args.overlap), "--device", args.device, *flags])

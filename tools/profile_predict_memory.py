@@ -108,12 +108,12 @@ def profile(args: argparse.Namespace, scene: Path, model: Path, tmp: Path) -> No
     rasterio.shutil.copy = phases.wrap(rasterio.shutil.copy, "cog", "finish")
     if args.strip:
         first, stop = map(int, args.strip.split(":"))
-        row, ids = predict.predict_strip(scene, model, options, range(first, stop),
-                                         loader=loader)
+        strip = predict.predict_strip(scene, model, options, range(first, stop),
+                                      loader=loader)
         phases.mark("end")
-        what = {"strip_first_row": row, "strip_shape": list(ids.shape)}
+        what = {"strip_first_row": strip.row, "strip_shape": list(strip.ids.shape)}
         if args.out:
-            np.save(args.out, ids)
+            np.save(args.out, strip.ids)
     else:
         out = args.out or tmp / "pred.tif"
         summary = predict.predict_scene(scene, model, out, options, loader=loader)

@@ -43,6 +43,15 @@ class RowBandAccumulator:
         self._popped = n
         return out
 
+    def pop_sums(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``n`` rows' weighted sums ``(K, n, W)`` and weights ``(n, W)``, not
+        normalised (copies): rows that windows of another strip also touch."""
+        self._shift()
+        width = self.layout.width
+        sums, weights = self.sums[:, :n, :width].copy(), self.weights[:n, :width].copy()
+        self._popped = n
+        return sums, weights
+
     def _shift(self) -> None:
         """Drop the rows popped last time, moving the rest up and zeroing the freed rows."""
         n = self._popped

@@ -40,6 +40,30 @@ class RowBand:
     valid: np.ndarray  # (h, W) bool, False where every band of the input is nodata
 
 
+@dataclass(frozen=True)
+class Seam:
+    """Scene rows ``row .. row + h`` shared by the windows of two strips of a split scene, as
+    unnormalised blending sums: ``upper`` says whether they are the top rows of the strip that
+    sent them (shared with the strip above) or its bottom rows (shared with the strip below).
+    The two strips' seams of the same rows, added (:meth:`join`), blend exactly what the whole
+    scene's pass blends there (up to float32 summation order)."""
+
+    row: int
+    sums: np.ndarray  # (K, h, W) float32: weighted probabilities of this strip's windows
+    weights: np.ndarray  # (h, W) float32: their summed weights
+    valid: np.ndarray | None  # (h, W) bool, read by the lower strip only
+    upper: bool
+
+    def join(self, above: Seam) -> RowBand:
+        """The finished band of these rows: this strip's top seam and ``above``, the bottom
+        seam of the strip above."""
+        if not self.upper or above.upper or above.row != self.row \
+                or above.weights.shape != self.weights.shape:
+            raise ValueError("a strip's top seam joins the bottom seam of the strip above")
+        return RowBand(self.row, np.divide(self.sums + above.sums, self.weights + above.weights),
+                       self.valid)
+
+
 @dataclass
 class _Batch:
     """Model input for some windows, and the window rows finished once they are blended."""
@@ -80,48 +104,63 @@ class SlidingWindowPredictor:
             probs.mul_(weight.to(probs.device))
         return probs.cpu().numpy()
 
-    def bands(self, scene: Scene, window_rows: range | None = None) -> Iterator[RowBand]:
-        """Blended predictions of ``scene``, top to bottom, one finished band of rows at a time.
-
-        With ``window_rows`` (indices into the layout's rows), only the rows those window rows
-        finish are yielded: a strip of the scene. The window rows above them that still touch
-        their rows (the halo) are predicted and blended first, in the same order as for the
-        whole scene, so a strip's bands equal the whole scene's bands of the same rows.
-        """
+    def bands(self, scene: Scene) -> Iterator[RowBand]:
+        """Blended predictions of ``scene``, top to bottom, one finished band of rows at a time."""
         lay = self.layout(scene)
-        first = 0 if window_rows is None else strip_start(lay, window_rows.start)
-        stop = len(lay.rows) if window_rows is None else window_rows.stop
-        keep = 0 if window_rows is None else window_rows.start
-        for band in self._blend(scene, lay, range(first, stop)):
-            if band.row >= lay.rows[keep]:
-                yield band
+        yield from self._blend(scene, lay, range(len(lay.rows)))  # no seams: every window row
 
-    def _blend(self, scene: Scene, lay: Layout, rows: range) -> Iterator[RowBand]:
-        """The bands that window ``rows`` finish, blended from the first of them on."""
+    def strip_bands(self, scene: Scene, window_rows: range) -> Iterator[RowBand | Seam]:
+        """One strip of ``scene`` split over workers (:func:`strips`): only the windows of
+        ``window_rows`` (indices into the layout's rows) are predicted. The rows they share with
+        the window rows above come first as the ``upper`` :class:`Seam` (unless the strip is the
+        first), then the bands only this strip's windows touch, then the rows shared with the
+        window rows below as a lower seam (unless it is the last). Joined, the seams of
+        neighbouring strips and their bands are the whole scene's bands, and no window is
+        predicted twice."""
+        yield from self._blend(scene, self.layout(scene), window_rows)
+
+    def _blend(self, scene: Scene, lay: Layout, rows: range) -> Iterator[RowBand | Seam]:
+        """The bands that window ``rows`` finish (seams where other window rows touch them)."""
         acc = RowBandAccumulator(lay, self.classes)
         weight = torch.from_numpy(acc.weight)
+        shared_above = lay.rows[rows.start - 1] + lay.win_h if rows.start else 0
         pending: list[tuple[int, np.ndarray]] = []  # finished rows not yet popped
         for batch in prefetch(self._batches(scene, lay, rows), self.prefetch):
             pending += batch.finished
             yield from self._blend_batch(acc, lay, batch.windows,
-                                         self.probabilities(batch.x, weight), pending)
+                                         self.probabilities(batch.x, weight), pending,
+                                         shared_above)
+        if rows.stop < len(lay.rows):  # the rows the window rows below touch too
+            below = lay.rows[rows.stop]
+            shared = lay.rows[rows.stop - 1] + lay.win_h - below
+            if shared > 0:
+                yield Seam(below, *acc.pop_sums(shared), None, upper=False)
 
     def _blend_batch(self, acc: RowBandAccumulator, lay: Layout,
                      windows: list[tuple[int, int]], probs: np.ndarray,
-                     pending: list[tuple[int, np.ndarray]]) -> Iterator[RowBand]:
+                     pending: list[tuple[int, np.ndarray]], shared_above: int
+                     ) -> Iterator[RowBand | Seam]:
         """Blend one batch's weighted ``probs``, yielding the bands finished on the way. A
         generator of its own so that the batch's probabilities are freed when it is done, not
         held through the next batch's forward pass."""
         for (i, col), window_probs in zip(windows, probs, strict=True):
             while pending and pending[0][0] < i:  # a later window row starts: pop first
-                yield self._pop(acc, lay, *pending.pop(0))
+                yield from self._pop(acc, lay, *pending.pop(0), shared_above)
             acc.add(col, window_probs, weighted=True)
         while pending:
-            yield self._pop(acc, lay, *pending.pop(0))
+            yield from self._pop(acc, lay, *pending.pop(0), shared_above)
 
     @staticmethod
-    def _pop(acc: RowBandAccumulator, lay: Layout, i: int, valid: np.ndarray) -> RowBand:
-        return RowBand(lay.rows[i], acc.pop_rows(lay.finished_rows(i)), valid)
+    def _pop(acc: RowBandAccumulator, lay: Layout, i: int, valid: np.ndarray,
+             shared_above: int) -> Iterator[RowBand | Seam]:
+        """The rows window row ``i`` finishes: those before scene row ``shared_above`` (touched
+        by window rows of the strip above) as its upper seam, the rest as a band."""
+        row, count = lay.rows[i], lay.finished_rows(i)
+        shared = min(count, max(0, shared_above - row))
+        if shared:
+            yield Seam(row, *acc.pop_sums(shared), valid[:shared], upper=True)
+        if count > shared:
+            yield RowBand(row + shared, acc.pop_rows(count - shared), valid[shared:])
 
     def _batches(self, scene: Scene, lay: Layout, rows: range) -> Iterator[_Batch]:
         """Normalised batches of the windows of window ``rows`` in row-major order (runs in the
@@ -186,15 +225,22 @@ def _window_input(scene: Scene, lay: Layout, window: tuple[int, int], normalise:
     return model_input(scene, lay, [window], pixels[None], normalise)
 
 
-def strip_start(lay: Layout, i: int) -> int:
-    """The first window row touching the rows window row ``i`` finishes (its halo above)."""
-    return next(j for j in range(i + 1) if lay.rows[j] + lay.win_h > lay.rows[i])
-
-
 def strips(lay: Layout, max_pixels: int) -> list[range]:
     """The layout's window rows in contiguous groups finishing at most about ``max_pixels``
-    scene pixels each (at least one window row per group): the strips of a split scene."""
+    scene pixels each (at least one window row per group): the strips of a split scene. Two
+    strips meet only where :func:`seam_fits` (with an overlap of more than half the window
+    nowhere: the scene stays one task)."""
     count = len(lay.rows)
     wanted = max(1, min(count, -(-lay.height * lay.width // max(1, max_pixels))))
-    bounds = [round(k * count / wanted) for k in range(wanted + 1)]
-    return [range(a, b) for a, b in pairwise(bounds) if b > a]
+    inner = {round(k * count / wanted) for k in range(1, wanted)}
+    bounds = sorted({0, count} | {a for a in inner if 0 < a < count and seam_fits(lay, a)})
+    return [range(a, b) for a, b in pairwise(bounds)]
+
+
+def seam_fits(lay: Layout, a: int) -> bool:
+    """Whether a strip may start at window row ``a``: the rows the window rows above share with
+    it lie within the rows window row ``a`` finishes (true unless the overlap is more than half
+    the window, or the last window row was shifted far back), so each strip has one seam with
+    each neighbour."""
+    end = lay.rows[a + 1] if a + 1 < len(lay.rows) else lay.height
+    return lay.rows[a - 1] + lay.win_h <= end

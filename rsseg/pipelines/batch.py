@@ -6,7 +6,8 @@ its sidecars, and the optional outputs whose names hold ``{scene}``. A scene who
 already complete is skipped (unless ``--overwrite``), so a rerun finishes an interrupted batch.
 Jobs run in this process or as tasks on a Dask cluster (:mod:`rsseg.distributed`); either way
 each process loads the model once (:func:`cached_bundle`); on a cluster a scene larger than
-``--split-mpx`` goes as row strips (:func:`plan_strips`), assembled here into its class raster
+``--split-mpx`` goes as row strips (:func:`plan_strips`; no window is predicted twice: the
+rows two strips share come back as blending sums), assembled here into its class raster
 (:func:`assemble_strips`). A scene that fails is recorded with
 its one-line error and the others go on; an error of the flags themselves (a ConfigError) stops
 the batch. ``summary.csv`` and ``summary.json`` in ``OUT_DIR`` list every scene: status, size,
@@ -24,7 +25,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from torch import nn
 
 from rsseg.classes import raster_classes
@@ -57,10 +57,12 @@ from rsseg.pipelines.jobs import (
 from rsseg.pipelines.outputs import OutputOptions
 from rsseg.pipelines.predict import (
     PredictOptions,
+    StripPrediction,
     predict_scene,
     predict_strip,
     predict_windows,
     scene_layout,
+    strip_rows,
 )
 from rsseg.regularizers.multidomain import domain_bundle
 
@@ -190,13 +192,13 @@ def _run(todo: Sequence[SceneJob], results: dict[Path, SceneResult], total: int,
             if progress:
                 progress(result, done, total)
         tasks = plan_strips(todo, meta, split) if client is not None and meta else list(todo)
-        parts: dict[Path, dict[int, tuple[int, np.ndarray] | str]] = {}
+        parts: dict[Path, dict[int, StripPrediction | str]] = {}
         start = time.perf_counter()
         for task, outcome in run_tasks(predict_task, tasks, client):
             if isinstance(task, StripJob):
                 job = task.job
                 done = parts.setdefault(job.out, {})
-                done[task.index] = outcome if isinstance(outcome, tuple | str) else (
+                done[task.index] = outcome if isinstance(outcome, StripPrediction | str) else (
                     f"the worker predicting it died ({first_line(outcome)})")
                 if len(done) < task.count:
                     continue
@@ -246,9 +248,9 @@ def plan_strips(jobs: Sequence[SceneJob], meta: BundleMeta, split: int | None
     return tasks
 
 
-def predict_task(task: SceneJob | StripJob) -> SceneResult | tuple[int, np.ndarray] | str:
-    """A whole scene (:func:`predict_job`) or one strip: ``(first row, class ids)`` or its
-    one-line error (a ConfigError is raised: the flags are wrong for every scene)."""
+def predict_task(task: SceneJob | StripJob) -> SceneResult | StripPrediction | str:
+    """A whole scene (:func:`predict_job`) or one strip (:func:`predict_strip`) or its one-line
+    error (a ConfigError is raised: the flags are wrong for every scene)."""
     if isinstance(task, SceneJob):
         return predict_job(task)
     job = task.job
@@ -265,10 +267,11 @@ def predict_task(task: SceneJob | StripJob) -> SceneResult | tuple[int, np.ndarr
         return f"{type(err).__name__}: {first_line(err)}"
 
 
-def assemble_strips(job: SceneJob, parts: Sequence[tuple[int, np.ndarray] | str],
+def assemble_strips(job: SceneJob, parts: Sequence[StripPrediction | str],
                     meta: BundleMeta, seconds: float) -> SceneResult:
-    """The strips' class ids, top to bottom, written as the scene's class raster (COG and
-    sidecars, as :func:`predict_scene` writes them); the first strip's error fails the scene."""
+    """The strips' class ids and joined seams (:func:`strip_rows`), top to bottom, written as
+    the scene's class raster (COG and sidecars, as :func:`predict_scene` writes them); the
+    first strip's error fails the scene."""
     error = next((p for p in parts if isinstance(p, str)), None)
     if error is not None:
         return _failed(job, error)
@@ -279,7 +282,7 @@ def assemble_strips(job: SceneJob, parts: Sequence[tuple[int, np.ndarray] | str]
         with publishing() as pub, class_raster_writer(
                 job.out, info, meta.class_table(), meta.nodata_id, job.options.overwrite,
                 pub) as writer:
-            for row, ids in parts:
+            for row, ids in strip_rows(parts, meta):
                 writer.write(row, ids)
         pixels = _names(class_counts(job.out, meta.nodata_id).pixels, meta)
     except RssegError as err:

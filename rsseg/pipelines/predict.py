@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from rsseg.inference.memory import (
     auto_tile,
     format_bytes,
     parse_memory,
+    window_work,
 )
 from rsseg.inference.runtime import (
     CPU_BATCH,
@@ -39,7 +40,7 @@ from rsseg.inference.runtime import (
     check_runtime,
     torch_threads,
 )
-from rsseg.inference.sliding import RowBand, SlidingWindowPredictor, sample_windows
+from rsseg.inference.sliding import RowBand, Seam, SlidingWindowPredictor, sample_windows
 from rsseg.io.atomic import check_output
 from rsseg.io.publish import publishing
 from rsseg.io.raster import Scene, open_scene
@@ -155,13 +156,25 @@ def predict_scene(scene: str | Path, model: str | Path, out: str | Path,
                           extras.vector_summary, batch_size, tile)
 
 
+@dataclass(frozen=True)
+class StripPrediction:
+    """One strip of a scene split over workers: the class ids of the rows only its windows
+    touch, and the seams it shares with the strips above and below (None for the first/last),
+    joined by the process that assembles the scene (:func:`strip_rows`)."""
+
+    row: int  # first scene row of ids
+    ids: np.ndarray  # (h, W) uint8 class ids
+    above: Seam | None
+    below: Seam | None
+
+
 def predict_strip(scene: str | Path, model: str | Path, options: PredictOptions,
                   window_rows: range,
                   loader: Callable[[Path], tuple[nn.Module, BundleMeta]] = load_bundle
-                  ) -> tuple[int, np.ndarray]:
-    """``(first row, (h, W) uint8 class ids)`` of the rows that the layout's ``window_rows``
-    finish (:func:`~rsseg.inference.sliding.strips`): one strip of a scene split over
-    workers, equal to the same rows of :func:`predict_scene`'s class raster."""
+                  ) -> StripPrediction:
+    """The strip of the layout's ``window_rows`` (:func:`~rsseg.inference.sliding.strips`):
+    one task of a scene split over workers; with its neighbours, equal to
+    :func:`predict_scene`'s class raster (up to float32 summation order in the seams)."""
     model = domain_bundle(model, options.domain)
     net, meta = loader(model)
     device = resolve_device(options.device)
@@ -180,11 +193,29 @@ def predict_strip(scene: str | Path, model: str | Path, options: PredictOptions,
         predictor = SlidingWindowPredictor(runner, meta.normalise, meta.model.classes, tile,
                                            overlap, multiple, batch_size)
         class_ids = np.asarray(meta.class_table().ids, dtype=np.uint8)
-        # map, not a list comprehension: a band's probabilities are freed once it is turned
-        # into class ids, not held (by the loop variable) through the next forward pass
-        parts = list(map(lambda band: class_raster(band, class_ids, meta.nodata_id),
-                         predictor.bands(src, window_rows)))
-    return lay.rows[window_rows.start], np.concatenate(parts, axis=0)
+        seams: dict[bool, Seam] = {}
+        parts = [np.empty((0, lay.width), dtype=np.uint8)]
+        for band in predictor.strip_bands(src, window_rows):
+            if isinstance(band, Seam):
+                seams[band.upper] = band
+            else:  # turned into class ids at once: a band's probabilities are not kept
+                parts.append(class_raster(band, class_ids, meta.nodata_id))
+            del band
+    above = seams.get(True)
+    first = lay.rows[window_rows.start] + (0 if above is None else above.weights.shape[0])
+    return StripPrediction(first, np.concatenate(parts), above, seams.get(False))
+
+
+def strip_rows(parts: Sequence[StripPrediction], meta: BundleMeta
+               ) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, (h, W) class ids)`` of a split scene, top to bottom, from its strips in
+    order: each strip's rows, the seams of neighbouring strips joined in between."""
+    class_ids = np.asarray(meta.class_table().ids, dtype=np.uint8)
+    for upper, lower in zip([None, *parts], parts, strict=False):
+        if upper is not None and lower.above is not None:
+            band = lower.above.join(upper.below)
+            yield band.row, class_raster(band, class_ids, meta.nodata_id)
+        yield lower.row, lower.ids
 
 
 def resolve_windows(meta: BundleMeta, tile: int | None, overlap: int | None,
@@ -221,19 +252,22 @@ def predict_windows(meta: BundleMeta, options: PredictOptions, height: int, widt
             f"Windows of {tile}² px, overlap {overlap} (--tile auto keeps the bundle's tile for "
             f"{meta.model.arch}: its image-pooling branch averages over the whole window, so a "
             "larger window changes the predictions; --tile N overrides)")
+    if overlap < 0:  # refused before any window is laid out
+        _check_options(meta.tile, overlap, options.batch_size, multiple, meta)
     budget = parse_memory(options.max_memory)
     batch = options.batch_size or CPU_BATCH
     per_pixel = activation_bytes_per_pixel(meta.model, multiple)
     tile = auto_tile(per_pixel, max(1, batch), budget, multiple, meta.tile, overlap, height,
                      width)
     _check_options(tile, overlap, options.batch_size, multiple, meta)
-    work = (tile / (tile - overlap)) ** 2
+    work = window_work(tile, overlap, multiple, height, width)
+    bundle_work = window_work(meta.tile, overlap, multiple, height, width)
     return tile, overlap, multiple, (
-        f"Windows of {tile}² px, overlap {overlap} (--tile auto: the largest multiple of "
-        f"{multiple} whose batch of {batch} fits --max-memory {format_bytes(budget)} at "
-        f"{format_bytes(per_pixel)} of activations per pixel, at most the scene's size; each "
-        f"scene pixel computed {work:.2f} times, {(meta.tile / (meta.tile - overlap)) ** 2:.2f} "
-        f"at the bundle's tile {meta.tile})")
+        f"Windows of {tile}² px, overlap {overlap} (--tile auto: of the multiples of {multiple} "
+        f"up to the largest whose batch of {batch} fits --max-memory {format_bytes(budget)} at "
+        f"{format_bytes(per_pixel)} of activations per pixel, the one computing each scene "
+        f"pixel the fewest times: {work:.2f}, {bundle_work:.2f} at the bundle's tile "
+        f"{meta.tile})")
 
 
 def _tile_pixels(tile: int | str) -> int:
