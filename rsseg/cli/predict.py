@@ -117,6 +117,7 @@ def predict(
     The class raster comes with NAME.qml (QGIS style) and NAME.tif.aux.xml (GDAL class names).
     """
     from rsseg.cli.many import predict_many
+    from rsseg.inference.memory import trim_freed_memory
     from rsseg.inference.runtime import RuntimeOptions
     from rsseg.io.inputs import is_collection
     from rsseg.io.stac import parse_assets
@@ -132,6 +133,7 @@ def predict(
                              overwrite=overwrite, outputs=outputs, domain=domain,
                              runtime=RuntimeOptions(backend=backend and backend.value,
                                                     precision=precision.value, threads=threads))
+    trim_freed_memory()
     if len(scenes) > 1 or is_collection(scenes[0]) or out_dir or cluster or mosaic or crs \
             or assets:
         predict_many(scenes, model, out, out_dir,
