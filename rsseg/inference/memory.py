@@ -145,7 +145,7 @@ def trim_freed_memory() -> None:
     """On glibc (Linux), hand freed heap memory back to the system once 64 KiB of it is free,
     as Dask's workers do (``MALLOC_TRIM_THRESHOLD_=65536``), instead of glibc's dynamic
     threshold, which rises to 32 MiB per arena once large arrays have been freed and lets the
-    blended bands' memory pile up: a 10,000² int8 prediction peaked at 2.10 GiB without it,
+    blended bands' memory pile up: a 10,000² int8 prediction peaked at 2.06 GiB without it,
     1.76 GiB with it (docs/performance.md). Elsewhere nothing happens."""
     try:
         libc = ctypes.CDLL("libc.so.6")
