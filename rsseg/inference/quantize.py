@@ -132,7 +132,7 @@ def quantize_graph(fp32: Path, x: np.ndarray, valid: np.ndarray, reference: np.n
     for tail in tails:
         floats = sorted({*convs[:1], *convs[max(1, len(convs) - tail):]})
         with _quiet():
-            model = nncf.quantize(graph.clone(), windows, subset_size=len(x),
+            model = nncf.quantize(graph, windows, subset_size=len(x),  # out of place
                                   ignored_scope=nncf.IgnoredScope(names=floats))
         agreement = _agreement(compile_cpu(model, threads, WHAT), x, valid, reference)
         if agreement > best[1]:

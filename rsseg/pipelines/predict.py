@@ -261,13 +261,14 @@ def predict_windows(meta: BundleMeta, options: PredictOptions, height: int, widt
                      width)
     _check_options(tile, overlap, options.batch_size, multiple, meta)
     work = window_work(tile, overlap, multiple, height, width)
-    bundle_work = window_work(meta.tile, overlap, multiple, height, width)
+    at_bundle_tile = "" if overlap >= meta.tile else (  # an --overlap above it: no such layout
+        f", {window_work(meta.tile, overlap, multiple, height, width):.2f} at the bundle's tile "
+        f"{meta.tile}")
     return tile, overlap, multiple, (
         f"Windows of {tile}² px, overlap {overlap} (--tile auto: of the multiples of {multiple} "
         f"up to the largest whose batch of {batch} fits --max-memory {format_bytes(budget)} at "
         f"{format_bytes(per_pixel)} of activations per pixel, the one computing each scene "
-        f"pixel the fewest times: {work:.2f}, {bundle_work:.2f} at the bundle's tile "
-        f"{meta.tile})")
+        f"pixel the fewest times: {work:.2f}{at_bundle_tile})")
 
 
 def _tile_pixels(tile: int | str) -> int:
