@@ -206,6 +206,20 @@ def test_int8_refused_below_agreement_unless_auto(bundle, scene, tmp_path, run_c
                                   _classes(tmp_path / "fp32.tif"))
 
 
+def test_nncf_is_imported_without_its_usage_telemetry() -> None:
+    """rsseg makes no network calls: NNCF's telemetry is on unless NNCF_CI is set (or pytest is
+    imported, so this runs in a fresh interpreter)."""
+    pytest.importorskip("nncf")
+    import subprocess
+    import sys
+
+    code = ("import os; os.environ.pop('NNCF_CI', None); from rsseg.inference import quantize; "
+            "quantize._require_nncf(); import nncf.telemetry.wrapper as w; "
+            "print(type(w.telemetry).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "MagicMock", out
+
+
 def test_int8_calibration_on_an_all_nodata_scene_is_one_line(bundle, geotiff_factory, tmp_path,
                                                             run_cli) -> None:
     pytest.importorskip("nncf")

@@ -33,6 +33,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -171,9 +172,11 @@ def _store(model, path: Path) -> None:
 
 
 def _require_nncf():
-    """The ``nncf`` module (imported without its import-time chatter); ConfigError naming the
-    extra when it is missing."""
+    """The ``nncf`` module, imported without its import-time chatter and with its usage
+    telemetry (on by default, sent to Google Analytics) off; ConfigError naming the extra when
+    it is missing."""
     require_openvino(WHAT)
+    os.environ.setdefault("NNCF_CI", "1")  # NNCF's one switch for its usage telemetry: no calls out
     try:
         with _quiet():
             import nncf
