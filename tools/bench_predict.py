@@ -31,12 +31,19 @@ raster on the scene's grid, e.g. the NC 1996 map; ``--exclude`` its training pix
 gets ``kappa`` and ``kappa_diff`` (minus torch:fp32's).
 
 Modes the machine cannot run (e.g. bf16 without native support) are reported with their error.
+
+``--isa avx2`` measures a CPU without AVX-512 and VNNI on a CPU with them: the run (and every
+child process) is re-executed with ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN in PyTorch and OpenVINO's
+CPU plugin: AVX2 kernels, int8 through ``vpmaddubsw`` instead of ``vpdpbusd``) and
+``ATEN_CPU_CAPABILITY=avx2`` (PyTorch's own kernels). ONNX Runtime picks its kernels from CPUID
+and cannot be limited, so its modes are refused under ``--isa``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -67,6 +74,8 @@ from rsseg.tiling.blend import Layout, layout
 
 BANDS = 3
 CLASSES = 6
+# --isa: the environment limiting PyTorch's and OpenVINO's kernels to an instruction set.
+ISA_ENV = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
 
 
 def make_scene(path: Path, size: int, seed: int = 0) -> Path:
@@ -200,6 +209,9 @@ def bench_mode(mode: str, bundle: Path, scene: Path, rss_scene: Path, folder: Pa
     """One mode's figures and its class raster."""
     spec, _, tile = mode.partition("@")
     backend, precision = spec.split(":")
+    if args.isa and backend == "onnxruntime":
+        raise RssegError(f"--isa {args.isa}: ONNX Runtime picks its kernels from CPUID and "
+                         "cannot be limited to an instruction set")
     options = RuntimeOptions(backend=backend, precision=precision, threads=args.threads)
     device = resolve_device(args.device)
     net, meta = load_bundle(bundle)
@@ -283,6 +295,7 @@ def run(args: argparse.Namespace) -> dict:
                   "overlap": args.overlap, "windows": lay.count, "device": str(device),
                   "threads": args.threads or torch.get_num_threads(),
                   "cpu": torch.backends.cpu.get_cpu_capability(),
+                  "isa_limit": os.environ.get("ONEDNN_MAX_CPU_ISA"),
                   "rss_scene": f"{args.rss_size}x{args.rss_size}" if args.rss_size else "scene",
                   "eager_mpx_s": round(eager_mpx, 4), "modes": {}}
         reference = None
@@ -344,8 +357,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=1,
                         help="time each measurement N times, keep the best")
+    parser.add_argument("--isa", choices=sorted(ISA_ENV),
+                        help="limit PyTorch's and OpenVINO's kernels to this instruction set "
+                             "(measures an older CPU on a newer one)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
+    if args.isa and any(os.environ.get(k) != v for k, v in ISA_ENV[args.isa].items()):
+        # the kernels are chosen when torch and OpenVINO load: start again with the limit set
+        os.execve(sys.executable, [sys.executable, *sys.argv], os.environ | ISA_ENV[args.isa])
     if bool(args.scene) != bool(args.model):
         parser.error("--scene and --model go together")
     result = run(args)
