@@ -21,7 +21,7 @@ from rsseg.inference.memory import (
 from rsseg.inference.runtime import RuntimeOptions, check_runtime
 from rsseg.models.bundle import BundleMeta, save_bundle
 from rsseg.models.factory import ModelSpec, build_model
-from rsseg.pipelines.predict import PredictOptions, predict_scene, predict_windows
+from rsseg.pipelines.predict import PredictOptions, predict_scene
 
 CPU = torch.device("cpu")
 SPEC = ModelSpec(arch="unet", in_channels=3, classes=3,
@@ -107,10 +107,6 @@ def test_auto_tile_fits_the_memory_and_computes_the_fewest_pixels() -> None:
                            side) <= window_work(1152, 64, 32, side, side)
     assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 300, 200) == 320  # the scene's size
     assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 20, 20) == 96  # above the overlap
-    # two local workers split the budget: sqrt(2**30 / 2 / 800) = 819 -> at most 800 each;
-    # a share below the bundle's tile keeps the bundle's tile while the whole budget holds it
-    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 10_000, 10_000, sharers=2) == 736
-    assert auto_tile(400, 2, 60 << 20, 32, 256, 64, 10_000, 10_000, sharers=4) == 256
     with pytest.raises(ConfigError, match=r"too small for one batch of 2 window\(s\) of 256².*"
                                           r"at least 50 MiB is needed"):
         auto_tile(400, 2, 10 << 20, 32, 256, 64, 10_000, 10_000)
@@ -236,20 +232,11 @@ def test_int8_calibration_on_an_all_nodata_scene_is_one_line(bundle, geotiff_fac
 
 def test_tile_auto_keeps_the_bundle_tile_for_image_pooling_models() -> None:
     """DeepLabV3+'s ASPP pools over the whole window: --tile auto must not enlarge it."""
-    from rsseg.pipelines.predict import predict_windows
+    from rsseg.models.bundle import BundleMeta
+    from rsseg.pipelines.predict import PredictOptions, predict_windows
     meta = BundleMeta.model_construct(
         model=ModelSpec(arch="deeplabv3plus", encoder="resnet18", in_channels=3, classes=3),
         tile=96, overlap=16)
     tile, overlap, _, line = predict_windows(meta, PredictOptions(), 2000, 2000)
     assert (tile, overlap) == (96, 16)
     assert "keeps the bundle's tile for deeplabv3plus" in line
-
-
-def test_local_cluster_workers_split_max_memory() -> None:
-    """Two workers of one machine size their windows for half of --max-memory each, and say so."""
-    meta = BundleMeta.model_construct(model=SPEC, tile=64, overlap=8)
-    alone, *_ = predict_windows(meta, PredictOptions(max_memory="64M"), 4000, 4000)
-    shared, _, _, line = predict_windows(meta, PredictOptions(max_memory="64M", sharers=2),
-                                         4000, 4000)
-    assert 64 <= shared < alone
-    assert "fits a 1/2 share of --max-memory 64 MiB" in line

@@ -73,8 +73,7 @@ def predict(
                              "whose activations fit --max-memory (at least the bundle's tile, "
                              "at most the scene), printed once."),
     max_memory: str = typer.Option("1G", help="--tile auto: memory for the model's activations "
-                                   "per call, e.g. 1G, 512M; per machine: the workers of "
-                                   "--cluster local:N split it."),
+                                   "per call, e.g. 1G, 512M."),
     overlap: int | None = typer.Option(None, help="Window overlap in pixels (default: the "
                                                   "bundle's)."),
     batch_size: int | None = typer.Option(None, help="Windows per model call [default: 2 on "

@@ -114,14 +114,13 @@ def activation_bytes_per_pixel(spec: ModelSpec, multiple: int) -> float:
 
 
 def auto_tile(per_pixel: float, batch: int, budget: int, multiple: int, bundle_tile: int,
-              overlap: int, height: int, width: int, sharers: int = 1) -> int:
+              overlap: int, height: int, width: int) -> int:
     """The window side (a multiple of ``multiple``) with the least :func:`window_work` among
-    those from the largest whose ``batch`` windows fit ``budget / sharers`` bytes at
-    ``per_pixel`` bytes per window pixel down to half of it; at least the bundle's tile, at most
-    the scene's longer side rounded up to ``multiple`` and :data:`MAX_AUTO_TILE`, always above
-    ``overlap``. ``sharers`` processes (a local cluster's workers) split the machine's budget,
-    each never below the bundle's tile. ConfigError (naming the minimum) when the whole budget
-    cannot hold one batch of the smallest window."""
+    those from the largest whose ``batch`` windows fit ``budget`` bytes at ``per_pixel`` bytes
+    per window pixel down to half of it; at least the bundle's tile, at most the scene's longer
+    side rounded up to ``multiple`` and :data:`MAX_AUTO_TILE`, always above ``overlap``.
+    ConfigError (naming the minimum) when the budget cannot hold one batch of the smallest
+    window."""
     scene_side = multiple * math.ceil(max(height, width) / multiple)
     above_overlap = multiple * (overlap // multiple + 1)
     ceiling = max(min(scene_side, MAX_AUTO_TILE // multiple * multiple), above_overlap)
@@ -135,8 +134,7 @@ def auto_tile(per_pixel: float, batch: int, budget: int, multiple: int, bundle_t
             f"at least {format_bytes(need)} is needed",
             f"use --max-memory {math.ceil(need / (1 << 20))}M or more, a smaller --batch-size, "
             "or --tile N")
-    share = int(math.sqrt(budget / sharers / (batch * per_pixel))) // multiple * multiple
-    largest = min(max(share, floor), ceiling)
+    largest = min(fits, ceiling)
     sides = range(largest, max(floor, largest // 2) - 1, -multiple)
     # the least work to a hundredth; of equals, the largest window (fewer, larger model calls)
     return min(sides, key=lambda side: (round(window_work(side, overlap, multiple, height, width),

@@ -138,12 +138,9 @@ def predict_batch(args: Sequence[str | Path], model: str | Path, out_dir: str | 
     scenes = expand_scenes(args, stac_reader(cache_dir() / "stac", options.assets, bands))
     check_assets_used(options.assets, scenes)
     jobs = plan_jobs(scenes, out_dir, model, options.predict, options.mosaic)
-    if spec is not None and spec.workers:  # local workers split the machine's cores and memory
-        runtime = options.predict.runtime
-        if runtime.threads is None:
-            runtime = replace(runtime, threads=spec.threads_per_worker)
-        jobs = [replace(j, options=replace(j.options, runtime=runtime, sharers=spec.workers))
-                for j in jobs]
+    if spec is not None and spec.threads_per_worker and options.predict.runtime.threads is None:
+        runtime = replace(options.predict.runtime, threads=spec.threads_per_worker)
+        jobs = [replace(j, options=replace(j.options, runtime=runtime)) for j in jobs]
     start = time.perf_counter()
     results = {j.out: _skipped(j, meta) for j in jobs if not j.options.overwrite
                and complete_prediction(j.scene.path, j.out, j.options.outputs.paths.values())}

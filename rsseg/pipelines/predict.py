@@ -78,7 +78,6 @@ class PredictOptions:
     overwrite: bool = False
     outputs: OutputOptions = field(default_factory=OutputOptions)  # --confidence, --vector...
     domain: str | None = None  # multi-domain bundle: the domain to predict (multidomain)
-    sharers: int = 1  # processes splitting --max-memory on this machine (local cluster workers)
 
 
 @dataclass(frozen=True)
@@ -259,17 +258,15 @@ def predict_windows(meta: BundleMeta, options: PredictOptions, height: int, widt
     batch = options.batch_size or CPU_BATCH
     per_pixel = activation_bytes_per_pixel(meta.model, multiple)
     tile = auto_tile(per_pixel, max(1, batch), budget, multiple, meta.tile, overlap, height,
-                     width, options.sharers)
+                     width)
     _check_options(tile, overlap, options.batch_size, multiple, meta)
     work = window_work(tile, overlap, multiple, height, width)
-    share = f"a 1/{options.sharers} share of " if options.sharers > 1 else ""
     at_bundle_tile = "" if overlap >= meta.tile else (  # an --overlap above it: no such layout
         f", {window_work(meta.tile, overlap, multiple, height, width):.2f} at the bundle's tile "
         f"{meta.tile}")
     return tile, overlap, multiple, (
         f"Windows of {tile}² px, overlap {overlap} (--tile auto: of the multiples of {multiple} "
-        f"up to the largest whose batch of {batch} fits {share}--max-memory "
-        f"{format_bytes(budget)} at "
+        f"up to the largest whose batch of {batch} fits --max-memory {format_bytes(budget)} at "
         f"{format_bytes(per_pixel)} of activations per pixel, the one computing each scene "
         f"pixel the fewest times: {work:.2f}{at_bundle_tile})")
 
