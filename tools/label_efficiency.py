@@ -444,6 +444,7 @@ def _plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), sharey=True)
     settings = sorted(dict.fromkeys(r["setting"] for r in results["summary"]),
                       key=lambda s: (s.partition(":")[0], float(s.partition(":")[2])))
+    colors = {arm: f"C{i}" for i, arm in enumerate(results["arms"])}  # one per arm, every panel
     for ax, protocol in zip(axes, ("finetune", "probe"), strict=False):
         for arm in results["arms"]:
             rows = {r["setting"]: r for r in results["summary"]
@@ -452,13 +453,14 @@ def _plot(results: dict, path: Path) -> None:
             if xs:
                 means = [100 * rows[settings[i]]["miou"][0] for i in xs]
                 sds = [100 * rows[settings[i]]["miou"][1] for i in xs]
-                ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=arm)
+                ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=arm,
+                            color=colors[arm])
         ax.set_xticks(range(len(settings)), settings, rotation=20)
         title = "full fine-tuning" if protocol == "finetune" else "linear probe (frozen)"
         ax.set_title(f"{results['dataset']}: {title}")
         ax.set_xlabel("labels")
     arms_at = {s: sum(r["setting"] == s for r in results["summary"]) for s in settings}
-    _plot_budget(results, max(settings, key=arms_at.get) if settings else "", axes[2])
+    _plot_budget(results, max(settings, key=arms_at.get) if settings else "", axes[2], colors)
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mIoU (%) on held-out data, mean ± sd over seeds")
@@ -468,9 +470,10 @@ def _plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_budget(results: dict, setting: str, ax) -> None:
+def _plot_budget(results: dict, setting: str, ax, colors: dict[str, str]) -> None:
     """Full fine-tuning mIoU at ``setting`` against pretraining steps, one curve per method
-    (random init is every method's step 0)."""
+    and pretraining seed, in the colour of its first arm (random init is every method's step
+    0)."""
     info = results["pretraining"]
     rows = {r["arm"]: r for r in results["summary"]
             if r["protocol"] == "finetune" and r["setting"] == setting and r["miou"]}
@@ -479,12 +482,11 @@ def _plot_budget(results: dict, setting: str, ax) -> None:
     for method, seed in curves:
         if method == "random":
             continue
-        points = sorted(start + [(info[a]["steps"], rows[a]["miou"]) for a in rows
-                                 if (info[a]["method"], info[a].get("seed", 0)) ==
-                                 (method, seed)])
+        arms = [a for a in rows if (info[a]["method"], info[a].get("seed", 0)) == (method, seed)]
+        points = sorted(start + [(info[a]["steps"], rows[a]["miou"]) for a in arms])
         ax.errorbar([s for s, _ in points], [100 * m[0] for _, m in points],
                     yerr=[100 * m[1] for _, m in points], marker="o", capsize=3,
-                    label=f"{method} (pretraining seed {seed})")
+                    label=f"{method} (pretraining seed {seed})", color=colors[arms[0]])
     ax.set_title(f"{results['dataset']}: full fine-tuning at {setting}")
     ax.set_xlabel("pretraining steps (0 = random init)")
     if ax.get_legend_handles_labels()[0]:
