@@ -463,7 +463,7 @@ def _plot(results: dict, path: Path) -> None:
     _plot_budget(results, max(settings, key=arms_at.get) if settings else "", axes[2], colors)
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mIoU (%) on held-out data, mean ± sd over seeds")
+    axes[0].set_ylabel("mIoU (%) on the test pixels, mean ± sd over seeds")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
