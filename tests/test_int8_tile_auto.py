@@ -189,6 +189,39 @@ def test_int8_agrees_with_fp32_and_is_cached(bundle, scene, tmp_path, cache,
         predict_scene(scene, bundle, tmp_path / "int8c.tif", int8)
 
 
+def test_calibration_crops_cover_the_valid_pixels_of_every_window(monkeypatch) -> None:
+    monkeypatch.setattr(quantize, "CALIBRATION_SIDE", 50)  # rounded up to the multiple: 64
+    x = np.arange(2 * 3 * 96 * 160, dtype=np.float32).reshape(2, 3, 96, 160)
+    valid = np.ones((2, 96, 160), dtype=bool)
+    valid[1] = False  # the second window holds no data
+    valid[1, 90, 150] = True  # but one pixel, in its last crop
+    crops = quantize.calibration_crops(x, valid, 32)
+    # 2 rows (0, 32) x 3 columns (0, 48, 96) of 64² crops in the first window, one in the second
+    assert crops.shape == (7, 3, 64, 64)
+    np.testing.assert_array_equal(crops[4], x[0, :, 32:96, 48:112])
+    np.testing.assert_array_equal(crops[-1], x[1, :, 32:96, 96:160])
+    covered = {(int(c[0, 0, 0]) // 160, int(c[0, 0, 0]) % 160) for c in crops[:6]}
+    assert covered == {(i, j) for i in (0, 32) for j in (0, 48, 96)}
+    small = quantize.calibration_crops(x[:, :, :32, :64], valid[:, :32, :64], 32)
+    assert small.shape == (1, 3, 32, 64)  # windows no larger than a crop stay whole
+
+
+def test_any_window_graph_runs_windows_of_other_sizes(bundle, cache) -> None:
+    """int8 calibrates on crops smaller than the windows it runs: one graph for every size."""
+    pytest.importorskip("onnxscript")
+    from rsseg.inference.onnx_cache import any_window_graph, ort_session
+    from rsseg.models.bundle import load_bundle
+
+    net, meta = load_bundle(bundle)
+    session = ort_session(any_window_graph(bundle, net, meta), 1)
+    for shape in [(1, 3, 32, 96), (2, 3, 160, 64)]:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+        (got,) = session.run(None, {"input": x.numpy()})
+        with torch.inference_mode():
+            np.testing.assert_allclose(got, net(x).numpy(), atol=1e-4)
+    assert [p.name.split("-")[1] for p in (cache / "onnx").iterdir()] == ["any"]
+
+
 def test_int8_refused_below_agreement_unless_auto(bundle, scene, tmp_path, run_cli,
                                                   monkeypatch) -> None:
     pytest.importorskip("nncf")

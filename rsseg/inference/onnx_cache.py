@@ -20,9 +20,15 @@ from rsseg.errors import OutputError
 from rsseg.io.cache import cache_dir
 from rsseg.io.publish import publishing
 from rsseg.models.bundle import BundleMeta
+from rsseg.models.factory import required_multiple
 from rsseg.models.onnx_export import MAX_ABS_DIFF, OPSET, export_graph, require_onnx
 
 DIGEST_KEY = "rsseg_bundle_sha256"
+
+
+class GraphMismatch(OutputError):
+    """The exported graph computes something else than PyTorch (e.g. PSPNet's pyramid pooling
+    exported for windows of any size)."""
 
 
 def file_sha256(path: Path) -> str:
@@ -39,29 +45,53 @@ def runtime_graph(bundle: Path, net: nn.Module, meta: BundleMeta, height: int, w
     ``bundle`` (dynamic batch), exported and verified against PyTorch on first use.
 
     Raises ConfigError when the onnx extra is missing (saying ``what`` needs it), InputError
-    when the architecture cannot be exported, OutputError when the export disagrees with
-    PyTorch or cannot be cached.
+    when the architecture cannot be exported, GraphMismatch when the export disagrees with
+    PyTorch, OutputError when it cannot be cached.
     """
+    return _cached_graph(bundle, net, meta, f"{height}x{width}", [(height, width)], None, what)
+
+
+def any_window_graph(bundle: Path, net: nn.Module, meta: BundleMeta,
+                     what: str = "--precision int8") -> Path:
+    """As :func:`runtime_graph`, for windows of any size the model accepts (height and width
+    dynamic, multiples of its required multiple ``m``): exported on small windows (``8m`` side,
+    little memory however large the windows it will run) and verified on two shapes. OpenVINO
+    fixes the shape before compiling (``Model.reshape``)."""
+    multiple = required_multiple(meta.model)
+    side = multiple * max(1, 128 // multiple)
+    sides = torch.export.Dim("height", min=1, max=4096), torch.export.Dim("width", min=1, max=4096)
+    dynamic = {2: multiple * sides[0], 3: multiple * sides[1]} if multiple > 1 else \
+        dict(zip((2, 3), sides, strict=True))
+    return _cached_graph(bundle, net, meta, "any", [(side, side), (side + multiple, 2 * side)],
+                         dynamic, what)
+
+
+def _cached_graph(bundle: Path, net: nn.Module, meta: BundleMeta, shape: str,
+                  windows: list[tuple[int, int]], dynamic: dict | None, what: str) -> Path:
+    """The graph exported on a batch of two windows of the first of ``windows`` (``dynamic``:
+    the spatial axes left free), verified on one window of each, cached under ``shape``."""
     onnx, _ = require_onnx(what)
     digest = file_sha256(bundle)
-    path = cache_dir() / "onnx" / f"{digest[:32]}-{height}x{width}-opset{OPSET}.onnx"
+    path = cache_dir() / "onnx" / f"{digest[:32]}-{shape}-opset{OPSET}.onnx"
     if path.is_file() and graph_metadata(path).get(DIGEST_KEY) == digest:
         return path
-    x = torch.randn(2, len(meta.bands), height, width,
-                    generator=torch.Generator().manual_seed(0))
-    proto = export_graph(net.eval(), x, meta, bundle, dynamic_batch=True)
+    generator = torch.Generator().manual_seed(0)
+    x = [torch.randn(2 if k == 0 else 1, len(meta.bands), h, w, generator=generator)
+         for k, (h, w) in enumerate(windows)]
+    proto = export_graph(net.eval(), x[0], meta, bundle, dynamic_batch=True, dynamic=dynamic)
     entry = proto.metadata_props.add()
     entry.key, entry.value = DIGEST_KEY, digest
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     session = ort_session(data, None)
     diff = 0.0
-    for window in x.split(1):  # one at a time: two large windows in eager PyTorch peak at ~2 GB
+    # one window at a time: two large windows in eager PyTorch peak at ~2 GB
+    for window in [w for batch in x for w in batch.split(1)]:
         (got,) = session.run(None, {"input": window.numpy()})
         with torch.inference_mode():
             diff = max(diff, float(np.max(np.abs(got - net(window).numpy()))))
     if not diff <= MAX_ABS_DIFF:
-        raise OutputError(f"the ONNX graph of {bundle} differs from PyTorch by {diff:.2e} "
+        raise GraphMismatch(f"the ONNX graph of {bundle} differs from PyTorch by {diff:.2e} "
                           f"(more than {MAX_ABS_DIFF:g})", "use --backend torch")
     store_graph(path, data, "ONNX graph")
     return path

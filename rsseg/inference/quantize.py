@@ -1,12 +1,18 @@
 """``--precision int8`` on CPU: the bundle's graph statically quantized by NNCF on the scene's
 own windows, run by OpenVINO, verified against fp32 before use, cached.
 
-The fp32 graph is the one ``--backend onnxruntime``/``openvino`` run
-(:func:`~rsseg.inference.onnx_cache.runtime_graph`: exported once, checked against PyTorch,
-cached by the bundle's hash). NNCF's post-training quantization (``nncf.quantize``, default
-"performance" preset: symmetric per-channel int8 weights, int8 activations whose ranges come from
-the calibration windows, :func:`~rsseg.inference.sliding.sample_windows`, then fast bias
-correction) turns it into an OpenVINO model. Measured side by side with ONNX Runtime's QDQ
+The fp32 graph is the bundle's ONNX graph for windows of any size
+(:func:`~rsseg.inference.onnx_cache.any_window_graph`: exported once on small windows, checked
+against PyTorch, cached by the bundle's hash). NNCF's post-training quantization
+(``nncf.quantize``, default "performance" preset: symmetric per-channel int8 weights, int8
+activations whose ranges come from the calibration windows,
+:func:`~rsseg.inference.sliding.sample_windows`, then fast bias correction) turns it into an
+OpenVINO model, fixed to the prediction window's shape. NNCF holds every activation of a
+calibration input at once (~1 GB for one 896² window of the resnet18 U-Net), so it calibrates
+on crops of the windows, at most :data:`CALIBRATION_SIDE` a side (the same pixels); the
+agreement below is measured on the whole windows. An architecture whose graph is right for one
+window size only (PSPNet's pyramid pooling) is exported for the prediction window and calibrated
+on the whole windows. Measured side by side with ONNX Runtime's QDQ
 quantization of the same graph, the OpenVINO int8 graph ran 1.7-2.2x faster (docs/performance.md),
 so that is the one kept.
 
@@ -44,7 +50,14 @@ import numpy as np
 from torch import nn
 
 from rsseg.errors import ConfigError, OutputError
-from rsseg.inference.onnx_cache import DIGEST_KEY, file_sha256, runtime_graph, store_graph
+from rsseg.inference.onnx_cache import (
+    DIGEST_KEY,
+    GraphMismatch,
+    any_window_graph,
+    file_sha256,
+    runtime_graph,
+    store_graph,
+)
 from rsseg.inference.openvino_runtime import (
     OPENVINO_INSTALL,
     compile_cpu,
@@ -53,6 +66,7 @@ from rsseg.inference.openvino_runtime import (
 )
 from rsseg.io.cache import cache_dir
 from rsseg.models.bundle import BundleMeta
+from rsseg.models.factory import required_multiple
 
 WHAT = "--precision int8"
 MIN_AGREEMENT = 0.99  # share of valid calibration pixels whose class equals fp32's
@@ -60,7 +74,8 @@ FLOAT_TAILS = (1, 2, 4, 8)  # last convolutions kept float, tried in turn
 STATS_KEY = "rsseg_int8_scene_stats"
 FLOATS_KEY = "rsseg_int8_float_convs"
 AGREEMENT_KEY = "rsseg_int8_agreement"
-RECIPE = "nncf-ov-performance-v1"  # part of the cache key: a new recipe never reuses an old graph
+CALIBRATION_SIDE = 512  # calibration crops' largest side (rounded up to the model's multiple)
+RECIPE = "nncf-ov-performance-v2"  # part of the cache key: a new recipe never reuses an old graph
 
 
 class Int8Refused(OutputError):
@@ -86,7 +101,7 @@ def int8_graph(bundle: Path, net: nn.Module, meta: BundleMeta, x: np.ndarray, va
     """
     nncf = _require_nncf()
     height, width = x.shape[2:]
-    fp32 = runtime_graph(bundle, net, meta, height, width, WHAT)
+    fp32, inputs = _fp32_graph(bundle, net, meta, x, valid)
     digest = file_sha256(bundle)
     stats = json.dumps(scene_stats(x, valid))
     key = hashlib.sha256(json.dumps([digest, stats, RECIPE, nncf.__version__]).encode())
@@ -97,7 +112,7 @@ def int8_graph(bundle: Path, net: nn.Module, meta: BundleMeta, x: np.ndarray, va
         agreement = _agreement(compile_cpu(path, threads, WHAT), x, valid, reference)
         if agreement >= MIN_AGREEMENT:
             return Int8Graph(path, agreement, int(recorded.get(FLOATS_KEY, 0)))
-    model, agreement, floats = quantize_graph(fp32, x, valid, reference, threads)
+    model, agreement, floats = quantize_graph(fp32, inputs, x, valid, reference, threads)
     if agreement < MIN_AGREEMENT:
         raise Int8Refused(f"int8 agrees with fp32 on only {agreement:.2%} of the calibration "
                           f"windows' valid pixels (at least {MIN_AGREEMENT:.0%} needed)",
@@ -118,23 +133,61 @@ def scene_stats(x: np.ndarray, valid: np.ndarray) -> list[list[float]]:
             for band in zip(pixels.mean(axis=1), pixels.std(axis=1), p_low, p_high, strict=True)]
 
 
-def quantize_graph(fp32: Path, x: np.ndarray, valid: np.ndarray, reference: np.ndarray,
-                   threads: int | None, tails: tuple[int, ...] = FLOAT_TAILS):
-    """``(openvino.Model, agreement, float convolutions)``: the ONNX graph ``fp32`` quantized by
-    NNCF on the windows ``x``, at the first step of ``tails`` (last convolutions kept float,
-    the first one always) whose classes agree with ``reference`` on :data:`MIN_AGREEMENT` of
-    the ``valid`` pixels, else the best step."""
+def _fp32_graph(bundle: Path, net: nn.Module, meta: BundleMeta, x: np.ndarray,
+                valid: np.ndarray) -> tuple[object, np.ndarray]:
+    """The fp32 ``openvino.Model`` of ``bundle`` fixed to the windows of ``x`` and the inputs
+    to calibrate it on: crops of ``x`` (:func:`calibration_crops`), or ``x`` itself where the
+    architecture's graph holds for one window size only."""
+    height, width = x.shape[2:]
+    try:
+        graph = any_window_graph(bundle, net, meta, WHAT)
+        inputs = calibration_crops(x, valid, required_multiple(meta.model))
+    except GraphMismatch:
+        graph, inputs = runtime_graph(bundle, net, meta, height, width, WHAT), x
+    return sized(require_openvino(WHAT).Core().read_model(str(graph)), height, width), inputs
+
+
+def sized(model, height: int, width: int):
+    """``model`` (an ``openvino.Model`` whose input is ``(B, C, H, W)``) fixed to windows of
+    ``height`` x ``width``, any batch."""
+    bands = model.inputs[0].partial_shape[1]
+    model.reshape({0: require_openvino(WHAT).PartialShape([-1, bands, height, width])})
+    return model
+
+
+def calibration_crops(x: np.ndarray, valid: np.ndarray, multiple: int) -> np.ndarray:
+    """``(M, C, s, t)``: the windows ``x`` ``(N, C, h, w)`` cut into crops of at most
+    :data:`CALIBRATION_SIDE` (rounded up to ``multiple``) a side, overlapping evenly so they
+    cover every pixel; crops without a ``valid`` pixel are left out."""
+    side = multiple * -(-CALIBRATION_SIDE // multiple)
+    height, width = min(x.shape[2], side), min(x.shape[3], side)
+    tops, lefts = (np.linspace(0, full - part, -(-full // part)).round().astype(int)
+                   for full, part in ((x.shape[2], height), (x.shape[3], width)))
+    crops = [x[k, :, i:i + height, j:j + width] for k in range(len(x)) for i in tops
+             for j in lefts if valid[k, i:i + height, j:j + width].any()]
+    return np.stack(crops)
+
+
+def quantize_graph(fp32, crops: np.ndarray, x: np.ndarray, valid: np.ndarray,
+                   reference: np.ndarray, threads: int | None,
+                   tails: tuple[int, ...] = FLOAT_TAILS):
+    """``(openvino.Model, agreement, float convolutions)``: the fp32 ``openvino.Model``
+    quantized by NNCF on ``crops`` and fixed to the windows ``x``, at the first step of
+    ``tails`` (last convolutions kept float, the first one always) whose classes agree with
+    ``reference`` on :data:`MIN_AGREEMENT` of the ``valid`` pixels, else the best step."""
     nncf = _require_nncf()
-    graph = require_openvino(WHAT).Core().read_model(str(fp32))
+    graph = fp32.clone()
+    graph.reshape({0: [1, *crops.shape[1:]]})
     convs = [op.get_friendly_name() for op in graph.get_ordered_ops()
              if op.get_type_name() == "Convolution"]
-    windows = nncf.Dataset([x[k:k + 1] for k in range(len(x))])
+    windows = nncf.Dataset([crops[k:k + 1] for k in range(len(crops))])
     best = (None, -1.0, 0)
     for tail in tails:
         floats = sorted({*convs[:1], *convs[max(1, len(convs) - tail):]})
         with _quiet():
-            model = nncf.quantize(graph, windows, subset_size=len(x),  # out of place
+            model = nncf.quantize(graph, windows, subset_size=len(crops),  # out of place
                                   ignored_scope=nncf.IgnoredScope(names=floats))
+        model = sized(model, *x.shape[2:])
         agreement = _agreement(compile_cpu(model, threads, WHAT), x, valid, reference)
         if agreement > best[1]:
             best = (model, agreement, len(floats))

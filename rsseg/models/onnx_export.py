@@ -144,13 +144,15 @@ def require_onnx(what: str):
 
 
 def export_graph(wrapped: nn.Module, x: torch.Tensor, meta: BundleMeta, model: Path,
-                 dynamic_batch: bool = False):
+                 dynamic_batch: bool = False, dynamic: dict | None = None):
     """``torch.onnx.export`` of ``wrapped`` on input ``x`` → ModelProto (input ``"input"``,
-    output ``"output"``; the batch axis dynamic when asked), the exporter's chatter silenced.
+    output ``"output"``; the batch axis dynamic when asked, and the input axes of ``dynamic``:
+    ``{axis: torch.export.Dim}``), the exporter's chatter silenced.
 
     Failures → InputError naming the operator (or construct) that cannot be exported.
     """
-    dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    axes = {0: torch.export.Dim("batch", min=1, max=4096)} if dynamic_batch else {}
+    axes |= dynamic or {}
     chatter = io.StringIO()
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo",
                                               "onnxscript", "torch.fx.experimental")]
@@ -163,8 +165,8 @@ def export_graph(wrapped: nn.Module, x: torch.Tensor, meta: BundleMeta, model: P
             warnings.simplefilter("ignore")
             program = torch.onnx.export(wrapped, (x,), None, dynamo=True, opset_version=OPSET,
                                         input_names=["input"], output_names=["output"],
-                                        dynamic_shapes=dynamic, external_data=False,
-                                        verbose=False)
+                                        dynamic_shapes=(axes,) if axes else None,
+                                        external_data=False, verbose=False)
         return program.model_proto
     except Exception as err:  # the exporter raises many types; name the culprit
         raise InputError(f"{model}: {meta.model.arch}/{meta.model.encoder} cannot be exported "
