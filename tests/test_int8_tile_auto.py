@@ -222,6 +222,50 @@ def test_any_window_graph_runs_windows_of_other_sizes(bundle, cache) -> None:
     assert [p.name.split("-")[1] for p in (cache / "onnx").iterdir()] == ["any"]
 
 
+def test_int8_of_a_graph_right_for_one_window_size_calibrates_whole_windows(
+        bundle, scene, tmp_path, cache, monkeypatch) -> None:
+    """PSPNet's pyramid pooling exports right for the traced size only: int8 then exports the
+    prediction window's graph and calibrates on the whole windows."""
+    pytest.importorskip("nncf")
+    from rsseg.inference.onnx_cache import GraphMismatch
+
+    def one_size_only(*args, **kwargs):
+        raise GraphMismatch("the ONNX graph differs from PyTorch")
+
+    calibrated_on_windows = []
+    quantize_graph = quantize.quantize_graph
+
+    def recording(fp32, inputs, x, *args, **kwargs):
+        calibrated_on_windows.append(inputs is x)
+        return quantize_graph(fp32, inputs, x, *args, **kwargs)
+
+    monkeypatch.setattr(quantize, "any_window_graph", one_size_only)
+    monkeypatch.setattr(quantize, "quantize_graph", recording)
+    int8 = PredictOptions(tile=64, runtime=RuntimeOptions(precision="int8", threads=1))
+    predict_scene(scene, bundle, tmp_path / "int8.tif", int8)
+    assert calibrated_on_windows == [True]
+    assert [p.name.split("-")[1] for p in (cache / "onnx").iterdir()] == ["64x64"]
+
+
+def test_int8_keeps_convolutions_float_only_where_agreement_needs_it(bundle, scene, tmp_path,
+                                                                     monkeypatch) -> None:
+    """Every convolution int8 first (float ones are slow without VNNI); below the agreement
+    needed, the first and last stay float, then more of the last."""
+    pytest.importorskip("nncf")
+    agreements = iter([0.5, 0.98, 0.995])  # no float convolution, first + last, first + last 2
+    monkeypatch.setattr(quantize, "_agreement", lambda *args: next(agreements))
+    lines: list[str] = []
+    int8 = PredictOptions(tile=64, runtime=RuntimeOptions(precision="int8", threads=1))
+    predict_scene(scene, bundle, tmp_path / "int8.tif", int8, notify=lines.append)
+    assert lines == ["int8: agrees with fp32 on 99.50% of the calibration windows' valid pixels "
+                     "(3 convolution(s) kept float)"]
+    monkeypatch.setattr(quantize, "_agreement", lambda *args: 0.999)
+    lines.clear()
+    predict_scene(scene, bundle, tmp_path / "int8b.tif",
+                  PredictOptions(tile=32, runtime=int8.runtime), notify=lines.append)
+    assert lines[0].endswith("(0 convolution(s) kept float)"), lines
+
+
 def test_int8_refused_below_agreement_unless_auto(bundle, scene, tmp_path, run_cli,
                                                   monkeypatch) -> None:
     pytest.importorskip("nncf")

@@ -49,7 +49,12 @@ import torch
 from bench_predict import BANDS, make_bundle
 
 from rsseg.inference.onnx_cache import runtime_graph
-from rsseg.inference.openvino_runtime import OvRunner, compile_cpu, window_classes
+from rsseg.inference.openvino_runtime import (
+    OvRunner,
+    compile_cpu,
+    require_openvino,
+    window_classes,
+)
 from rsseg.inference.quantize import quantize_graph
 from rsseg.inference.runtime import OrtRunner, TorchRunner, torch_threads
 from rsseg.models.bundle import load_bundle
@@ -87,7 +92,8 @@ def candidates(bundle: Path, x: np.ndarray, names: list[str], threads: int, tmp:
             if name == "openvino_int8":
                 valid = np.ones((len(x), *x.shape[2:]), dtype=bool)
                 reference = window_classes(compile_cpu(graph, threads), x)
-                graph, _, _ = quantize_graph(graph, x, valid, reference, threads, tails=(1,))
+                graph, _, _ = quantize_graph(require_openvino(name).Core().read_model(
+                    str(graph)), x, x, valid, reference, threads, tails=(1,))
             runner = OvRunner(graph, threads)
             calls[name] = lambda runner=runner: runner(x)
         elif name == "jit_frozen":
