@@ -78,6 +78,13 @@ CLASSES = 6
 ISA_ENV = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
 
 
+def limit_isa(isa: str | None) -> None:
+    """Re-execute this process with :data:`ISA_ENV` of ``isa`` set, unless it already is: the
+    kernels are chosen when torch and OpenVINO load."""
+    if isa and any(os.environ.get(k) != v for k, v in ISA_ENV[isa].items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], os.environ | ISA_ENV[isa])
+
+
 def make_scene(path: Path, size: int, seed: int = 0) -> Path:
     """A ``size`` × ``size`` 3-band uint8 GeoTIFF (256² tiles, DEFLATE), written block row by
     block row: smooth structure plus noise."""
@@ -362,9 +369,7 @@ def main() -> None:
                              "(measures an older CPU on a newer one)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    if args.isa and any(os.environ.get(k) != v for k, v in ISA_ENV[args.isa].items()):
-        # the kernels are chosen when torch and OpenVINO load: start again with the limit set
-        os.execve(sys.executable, [sys.executable, *sys.argv], os.environ | ISA_ENV[args.isa])
+    limit_isa(args.isa)
     if bool(args.scene) != bool(args.model):
         parser.error("--scene and --model go together")
     result = run(args)

@@ -31,14 +31,16 @@ def require_openvino(what: str):
     return openvino
 
 
-def compile_cpu(model, threads: int | None, what: str = "--backend openvino"):
+def compile_cpu(model, threads: int | None, what: str = "--backend openvino",
+                profile: bool = False):
     """``model`` (an ``openvino.Model``, or the path of an ONNX graph or OpenVINO IR) compiled
-    for the CPU as the module docstring says."""
+    for the CPU as the module docstring says; ``profile``: with per-layer performance counters
+    (``tools/profile_int8.py``)."""
     openvino = require_openvino(what)
     source = str(model) if isinstance(model, Path) else model
     return openvino.Core().compile_model(source, "CPU", {
         "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
-        "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+        "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": profile})
 
 
 def window_classes(compiled, x: np.ndarray) -> np.ndarray:
