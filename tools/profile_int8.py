@@ -15,9 +15,9 @@ random resnet18 U-Net. Reported (JSON):
   counters' sum, median run), share, and for convolutions GMAC (from the layers' shapes) and
   GMAC/s;
 - ``slowest``: the int8 graph's ten slowest layers, each with its MAC rate;
-- ``peak_gmac_s``: the rate of one large convolution (256 to 256 channels, 3x3, 112²) compiled
-  the same way, fp32 and NNCF int8: what this CPU's kernels reach, the yardstick for the rates
-  above;
+- ``peak_gmac_s``: per precision, the fastest of three large convolutions alone (shapes of the
+  U-Net's encoder and a 1x1 GEMM, fp32 and NNCF int8, compiled the same way, each timed by its
+  layer counter): what this CPU's kernels reach, the yardstick for the rates above;
 - ``conv_share_of_peak``: the model's convolution MACs per window over its convolution time,
   divided by that peak, per precision.
 
@@ -102,23 +102,30 @@ def summarise(rows: list[dict]) -> list[dict]:
                                                                 key=lambda kv: -kv[1][0])]
 
 
+PEAK_SHAPES = ((64, 64, 3, 224), (128, 128, 3, 112), (512, 512, 1, 56))  # in, out, k, side
+
+
 def peak_rates(threads: int, runs: int) -> dict[str, float]:
-    """GMAC/s of one 256-to-256 3x3 convolution on 112² (fp32, and int8 by NNCF)."""
+    """Per precision, GMAC/s of the fastest of :data:`PEAK_SHAPES`' convolutions (fp32, and
+    int8 by NNCF), each timed by its own layer counter (the input's quantization excluded)."""
     ov = require_openvino(WHAT)
     import nncf
 
-    conv = torch.nn.Conv2d(256, 256, 3, padding=1).eval()
-    x = torch.randn(1, 256, 112, 112, generator=torch.Generator().manual_seed(0))
-    fp32 = ov.convert_model(conv, example_input=x)
-    data = nncf.Dataset([torch.randn(1, 256, 112, 112).numpy() for _ in range(4)])
-    with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars
-        int8 = nncf.quantize(fp32, data, subset_size=4)
-    gmac = 256 * 112 * 112 * 256 * 9 / 1e9
-    rates = {}
-    for name, model in (("fp32", fp32), ("int8", int8)):
-        wall, _ = layer_times(compile_cpu(model, threads, WHAT, profile=True), x.numpy(), runs)
-        rates[name] = round(gmac / wall * 1e3, 1)
-    return rates
+    rates = {"fp32": 0.0, "int8": 0.0}
+    generator = torch.Generator().manual_seed(0)
+    for inputs, outputs, kernel, side in PEAK_SHAPES:
+        conv = torch.nn.Conv2d(inputs, outputs, kernel, padding=kernel // 2).eval()
+        x = torch.randn(1, inputs, side, side, generator=generator)
+        fp32 = ov.convert_model(conv, example_input=x)
+        data = nncf.Dataset([torch.randn(1, inputs, side, side).numpy() for _ in range(2)])
+        with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars
+            int8 = nncf.quantize(fp32, data, subset_size=2)
+        for name, model in (("fp32", fp32), ("int8", int8)):
+            compiled = compile_cpu(model, threads, WHAT, profile=True)
+            rows = layer_table(compiled, layer_times(compiled, x.numpy(), runs)[1])
+            rates[name] = max(rates[name], *(r["gmac"] / r["ms"] * 1e3 for r in rows
+                                             if r["type"] == "Convolution" and r["ms"]))
+    return {name: round(rate, 1) for name, rate in rates.items()}
 
 
 def main() -> None:

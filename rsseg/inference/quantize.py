@@ -16,14 +16,14 @@ on the whole windows. Measured side by side with ONNX Runtime's QDQ
 quantization of the same graph, the OpenVINO int8 graph ran 1.7-2.2x faster (docs/performance.md),
 so that is the one kept.
 
-Every convolution is quantized first: the float ones cost most on CPUs without VNNI (the
-resnet18 U-Net's 3-band 7x7 stem and 16-to-K logits convolution kept float were 13 % of an 896²
-window's time, docs/performance.md). The quantized graph must give the same class as fp32 (the
-fp32 graph in OpenVINO) on at least :data:`MIN_AGREEMENT` of the calibration windows' valid
-pixels; when it does not, the first and last convolutions are kept float (the input bands and
-the class logits are the most sensitive), then the last 2, 4 and 8 as well (the full-resolution
-decoder end is the most sensitive part of a U-Net), each step quantizing again. If no step
-reaches it, :class:`Int8Refused` names the best agreement.
+Every convolution is quantized first: float convolutions are slow beside int8 ones (with its
+3-band 7x7 stem and 16-to-K logits convolution int8 too, an 896² window of the resnet18 U-Net
+took 330 ms instead of 360 under AVX2, docs/performance.md). The quantized graph must give the
+same class as fp32 (the fp32 graph in OpenVINO) on at least :data:`MIN_AGREEMENT` of the
+calibration windows' valid pixels; when it does not, the first and last convolutions are kept
+float (the input bands and the class logits are the most sensitive), then the last 2, 4 and 8 as
+well (the full-resolution decoder end is the most sensitive part of a U-Net), each step
+quantizing again. If no step reaches it, :class:`Int8Refused` names the best agreement.
 
 The verified graph (OpenVINO IR, ``.xml`` + ``.bin``) is cached under ``$RSSEG_CACHE_DIR/int8``
 by the bundle's SHA-256, the window shape, the NNCF version and the scene statistics: per band,
