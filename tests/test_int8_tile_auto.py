@@ -232,18 +232,19 @@ def test_int8_of_a_graph_right_for_one_window_size_calibrates_whole_windows(
     def one_size_only(*args, **kwargs):
         raise GraphMismatch("the ONNX graph differs from PyTorch")
 
-    calibrated_on_windows = []
+    calibrated_on = []
     quantize_graph = quantize.quantize_graph
 
     def recording(fp32, inputs, x, *args, **kwargs):
-        calibrated_on_windows.append(inputs is x)
+        calibrated_on.append(inputs.shape[2:])
         return quantize_graph(fp32, inputs, x, *args, **kwargs)
 
     monkeypatch.setattr(quantize, "any_window_graph", one_size_only)
     monkeypatch.setattr(quantize, "quantize_graph", recording)
+    monkeypatch.setattr(quantize, "CALIBRATION_SIDE", 32)  # crops would be 32²
     int8 = PredictOptions(tile=64, runtime=RuntimeOptions(precision="int8", threads=1))
     predict_scene(scene, bundle, tmp_path / "int8.tif", int8)
-    assert calibrated_on_windows == [True]
+    assert calibrated_on == [(64, 64)]
     assert [p.name.split("-")[1] for p in (cache / "onnx").iterdir()] == ["64x64"]
 
 
@@ -257,13 +258,32 @@ def test_int8_keeps_convolutions_float_only_where_agreement_needs_it(bundle, sce
     lines: list[str] = []
     int8 = PredictOptions(tile=64, runtime=RuntimeOptions(precision="int8", threads=1))
     predict_scene(scene, bundle, tmp_path / "int8.tif", int8, notify=lines.append)
-    assert lines == ["int8: agrees with fp32 on 99.50% of the calibration windows' valid pixels "
+    assert lines == ["int8: agrees with fp32 on 99.50% of the held-out windows' valid pixels "
                      "(3 convolution(s) kept float)"]
     monkeypatch.setattr(quantize, "_agreement", lambda *args: 0.999)
     lines.clear()
     predict_scene(scene, bundle, tmp_path / "int8b.tif",
                   PredictOptions(tile=32, runtime=int8.runtime), notify=lines.append)
     assert lines[0].endswith("(0 convolution(s) kept float)"), lines
+
+
+def test_int8_is_verified_on_windows_it_was_not_calibrated_on(bundle, scene, tmp_path,
+                                                             monkeypatch) -> None:
+    pytest.importorskip("nncf")
+    seen = {}
+    quantize_graph = quantize.quantize_graph
+
+    def recording(fp32, inputs, x, *args, **kwargs):
+        seen.update(calibrated=inputs.copy(), verified=x.copy())
+        return quantize_graph(fp32, inputs, x, *args, **kwargs)
+
+    monkeypatch.setattr(quantize, "quantize_graph", recording)
+    int8 = PredictOptions(tile=64, runtime=RuntimeOptions(precision="int8", threads=1))
+    predict_scene(scene, bundle, tmp_path / "int8.tif", int8)
+    # 4 windows of 64² (no crop: smaller than CALIBRATION_SIDE): 2 calibrate, 2 verify
+    assert len(seen["calibrated"]) == len(seen["verified"]) == 2
+    assert not any(np.array_equal(window, crop) for window in seen["verified"]
+                   for crop in seen["calibrated"])
 
 
 def test_int8_refused_below_agreement_unless_auto(bundle, scene, tmp_path, run_cli,

@@ -196,12 +196,13 @@ def model_input(scene: Scene, lay: Layout, windows: list[tuple[int, int]], pixel
     return x, ~missing.all(axis=1)
 
 
-def sample_windows(scene: Scene, lay: Layout, normalise: Normalise, max_pixels: int = 2**21,
-                   max_windows: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def sample_windows(scene: Scene, lay: Layout, normalise: Normalise, max_pixels: int = 2**22,
+                   max_windows: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Model input ``(N, C, h, w)`` and valid masks ``(N, h, w)`` of up to ``max_windows``
     windows of the layout (together at most ``max_pixels`` window pixels, at least 2 windows),
     spread evenly over the scene in row-major order, skipping windows without valid pixels: the
-    calibration windows of ``--precision int8``. The same scene always gives the same windows.
+    windows ``--precision int8`` calibrates on and is verified on (alternately). The same scene
+    always gives the same windows.
     Raises InputError when every window read is nodata."""
     wanted = max(2, min(max_windows, max_pixels // (lay.win_h * lay.win_w)))
     windows = [(i, col) for i in range(len(lay.rows)) for col in lay.cols]
