@@ -269,21 +269,26 @@ def test_int8_keeps_convolutions_float_only_where_agreement_needs_it(bundle, sce
 
 def test_int8_is_verified_on_windows_it_was_not_calibrated_on(bundle, scene, tmp_path,
                                                              monkeypatch) -> None:
+    """A sample of the scene's windows is split (even windows calibrate, odd ones verify); a
+    sample holding every window is the scene itself: calibrated and verified on all."""
     pytest.importorskip("nncf")
-    seen = {}
+    seen = []
     quantize_graph = quantize.quantize_graph
 
     def recording(fp32, inputs, x, *args, **kwargs):
-        seen.update(calibrated=inputs.copy(), verified=x.copy())
+        seen.append((inputs.copy(), x.copy()))
         return quantize_graph(fp32, inputs, x, *args, **kwargs)
 
     monkeypatch.setattr(quantize, "quantize_graph", recording)
-    int8 = PredictOptions(tile=64, runtime=RuntimeOptions(precision="int8", threads=1))
-    predict_scene(scene, bundle, tmp_path / "int8.tif", int8)
-    # 4 windows of 64² (no crop: smaller than CALIBRATION_SIDE): 2 calibrate, 2 verify
-    assert len(seen["calibrated"]) == len(seen["verified"]) == 2
-    assert not any(np.array_equal(window, crop) for window in seen["verified"]
-                   for crop in seen["calibrated"])
+    for tile in (32, 64):  # 32: 25 windows, 16 sampled; 64: 4 windows, all sampled
+        int8 = PredictOptions(tile=tile, runtime=RuntimeOptions(precision="int8", threads=1))
+        predict_scene(scene, bundle, tmp_path / f"int8_{tile}.tif", int8)
+    (calibrated, verified), (whole, verified_whole) = seen
+    # windows smaller than CALIBRATION_SIDE are not cropped: inputs are the windows themselves
+    assert len(calibrated) == len(verified) == 8
+    assert not any(np.array_equal(window, crop) for window in verified for crop in calibrated)
+    assert len(whole) == 4
+    np.testing.assert_array_equal(whole, verified_whole)
 
 
 def test_int8_refused_below_agreement_unless_auto(bundle, scene, tmp_path, run_cli,

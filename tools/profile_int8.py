@@ -152,8 +152,9 @@ def main() -> None:
         with open_scene(scene) as src:
             lay = layout(src.info.height, src.info.width, args.tile, args.overlap,
                          required_multiple(meta.model))
-            x, valid = sample_windows(src, lay, meta.normalise)
-        int8 = int8_graph(bundle, net, meta, x, valid, args.threads)
+            sample = sample_windows(src, lay, meta.normalise)
+        int8 = int8_graph(bundle, net, meta, sample, args.threads)
+        x = sample.x
         fp32 = sized(require_openvino(WHAT).Core().read_model(str(any_window_graph(
             bundle, net, meta, WHAT))), *x.shape[2:])
         result = {"model": f"{meta.model.arch}/{meta.model.encoder}",

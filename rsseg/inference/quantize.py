@@ -17,9 +17,11 @@ quantization of the same graph, the OpenVINO int8 graph ran 1.7-2.2x faster (doc
 so that is the one kept.
 
 The scene's sampled windows (:func:`~rsseg.inference.sliding.sample_windows`: up to 16, spread
-evenly, at most 4 Mpx) are split: the even ones calibrate, the odd ones are held out to verify.
-Verified on the windows it was calibrated on, an aerial model on a Landsat scene agreed on
-99.60 % of them and on 98.34 % of the scene (docs/performance.md).
+evenly, at most 4 Mpx) are split when they are not the whole scene: the even ones calibrate,
+the odd ones are held out to verify. Verified on the windows it was calibrated on, an aerial
+model on a Landsat scene agreed on 99.60 % of them and on 98.34 % of the scene
+(docs/performance.md). A scene whose every window is in the sample is calibrated and verified on
+all of them: its agreement is then the scene's own.
 
 Every convolution is quantized first: float convolutions are slow beside int8 ones (with its
 3-band 7x7 stem and 16-to-K logits convolution int8 too, an 896² window of the resnet18 U-Net
@@ -71,6 +73,7 @@ from rsseg.inference.openvino_runtime import (
     require_openvino,
     window_classes,
 )
+from rsseg.inference.sliding import WindowSample
 from rsseg.io.cache import cache_dir
 from rsseg.models.bundle import BundleMeta
 from rsseg.models.factory import required_multiple
@@ -97,23 +100,24 @@ class Int8Graph:
     float_convs: int  # convolutions kept float (first one included)
 
 
-def int8_graph(bundle: Path, net: nn.Module, meta: BundleMeta, x: np.ndarray, valid: np.ndarray,
+def int8_graph(bundle: Path, net: nn.Module, meta: BundleMeta, sample: WindowSample,
                threads: int | None = None) -> Int8Graph:
-    """The verified int8 graph of ``bundle`` for windows of ``x``'s shape, from the scene's
-    sampled windows ``x`` ``(N, C, h, w)`` (normalised; ``valid``: ``(N, h, w)`` pixels holding
-    data): calibrated on the even ones, verified on the odd ones, held out from calibration (a
-    scene of one window is calibrated and verified on it).
+    """The verified int8 graph of ``bundle`` for the windows of ``sample``: calibrated on its
+    even windows and verified on the odd ones, held out from calibration, unless the sample is
+    the whole scene (then calibrated and verified on every window).
 
     Raises ConfigError when the openvino extra is missing, InputError when the architecture
     cannot be exported, Int8Refused when no quantization agrees with fp32 on at least
     :data:`MIN_AGREEMENT` of the valid held-out pixels, OutputError when it cannot be cached.
     """
     nncf = _require_nncf()
+    x, valid = sample.x, sample.valid
     height, width = x.shape[2:]
     stats = json.dumps(scene_stats(x, valid))
-    held_out = slice(1, None, 2) if len(x) > 1 else slice(None)
-    fp32, inputs = _fp32_graph(bundle, net, meta, x[::2], valid[::2])
-    x, valid = x[held_out], valid[held_out]
+    split = len(x) > 1 and not sample.whole_scene
+    calibrate, verify = (slice(0, None, 2), slice(1, None, 2)) if split else (slice(None),) * 2
+    fp32, inputs = _fp32_graph(bundle, net, meta, x[calibrate], valid[calibrate])
+    x, valid = x[verify], valid[verify]
     digest = file_sha256(bundle)
     key = hashlib.sha256(json.dumps([digest, stats, RECIPE, nncf.__version__]).encode())
     path = cache_dir() / "int8" / f"{key.hexdigest()[:32]}-{height}x{width}.xml"

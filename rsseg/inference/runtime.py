@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,6 +40,9 @@ from rsseg.inference.openvino_runtime import OvRunner
 from rsseg.models.bundle import BundleMeta
 from rsseg.models.factory import required_multiple
 
+if TYPE_CHECKING:
+    from rsseg.inference.sliding import WindowSample  # sliding imports this module
+
 BACKENDS = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")
 GRAPH_PRECISIONS = {"onnxruntime": ("fp32", "auto"), "openvino": ("fp32", "int8", "auto")}
@@ -50,8 +54,8 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 Runner = Callable[[np.ndarray], torch.Tensor]
 """``(B, C, H, W)`` float32 normalised pixels → ``(B, K, H, W)`` logits."""
 
-Samples = Callable[[], tuple[np.ndarray, np.ndarray]]
-"""The scene's calibration windows on demand: ``(N, C, h, w)`` model input, ``(N, h, w)`` valid."""
+Samples = Callable[[], "WindowSample"]
+"""The scene's calibration windows on demand (:func:`~rsseg.inference.sliding.sample_windows`)."""
 
 
 @dataclass(frozen=True)
@@ -186,7 +190,7 @@ def build_runner(net: nn.Module, meta: BundleMeta, bundle: Path, device: torch.d
 
         if samples is None:
             raise ValueError("--precision int8 needs the scene's calibration windows")
-        graph = int8_graph(bundle, net, meta, *samples(), threads=options.threads)
+        graph = int8_graph(bundle, net, meta, samples(), threads=options.threads)
         note = (f"int8: agrees with fp32 on {graph.agreement:.2%} of the held-out windows' "
                 f"valid pixels ({graph.float_convs} convolution(s) kept float)")
         return OvRunner(graph.path, options.threads, note, "--precision int8")

@@ -196,13 +196,21 @@ def model_input(scene: Scene, lay: Layout, windows: list[tuple[int, int]], pixel
     return x, ~missing.all(axis=1)
 
 
+@dataclass(frozen=True)
+class WindowSample:
+    """Windows of a scene as the model reads them: what ``--precision int8`` calibrates and
+    verifies on."""
+
+    x: np.ndarray  # (N, C, h, w) float32 model input
+    valid: np.ndarray  # (N, h, w) bool, pixels holding data
+    whole_scene: bool  # every window of the scene holding data is in it
+
+
 def sample_windows(scene: Scene, lay: Layout, normalise: Normalise, max_pixels: int = 2**22,
-                   max_windows: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Model input ``(N, C, h, w)`` and valid masks ``(N, h, w)`` of up to ``max_windows``
-    windows of the layout (together at most ``max_pixels`` window pixels, at least 2 windows),
-    spread evenly over the scene in row-major order, skipping windows without valid pixels: the
-    windows ``--precision int8`` calibrates on and is verified on (alternately). The same scene
-    always gives the same windows.
+                   max_windows: int = 16) -> WindowSample:
+    """Up to ``max_windows`` windows of the layout (together at most ``max_pixels`` window
+    pixels, at least 2 windows), spread evenly over the scene in row-major order, skipping
+    windows without valid pixels. The same scene always gives the same windows.
     Raises InputError when every window read is nodata."""
     wanted = max(2, min(max_windows, max_pixels // (lay.win_h * lay.win_w)))
     windows = [(i, col) for i in range(len(lay.rows)) for col in lay.cols]
@@ -216,7 +224,8 @@ def sample_windows(scene: Scene, lay: Layout, normalise: Normalise, max_pixels: 
     keep = np.linspace(0, len(candidates) - 1, min(wanted, len(candidates))).round()
     inputs, masks = zip(*(_window_input(scene, lay, candidates[int(k)], normalise)
                           for k in keep), strict=True)
-    return np.concatenate(inputs), np.concatenate(masks)
+    return WindowSample(np.concatenate(inputs), np.concatenate(masks),
+                        step == 1 and len(keep) == len(candidates))
 
 
 def _window_input(scene: Scene, lay: Layout, window: tuple[int, int], normalise: Normalise
