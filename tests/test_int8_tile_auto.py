@@ -258,7 +258,7 @@ def test_int8_keeps_convolutions_float_only_where_agreement_needs_it(bundle, sce
     lines: list[str] = []
     int8 = PredictOptions(tile=64, runtime=RuntimeOptions(precision="int8", threads=1))
     predict_scene(scene, bundle, tmp_path / "int8.tif", int8, notify=lines.append)
-    assert lines == ["int8: agrees with fp32 on 99.50% of the held-out windows' valid pixels "
+    assert lines == ["int8: agrees with fp32 on 99.50% of the verification windows' valid pixels "
                      "(3 convolution(s) kept float)"]
     monkeypatch.setattr(quantize, "_agreement", lambda *args: 0.999)
     lines.clear()

@@ -6,8 +6,7 @@ The fp32 graph is the bundle's ONNX graph for windows of any size
 against PyTorch, cached by the bundle's hash). NNCF's post-training quantization
 (``nncf.quantize``, default "performance" preset: symmetric per-channel int8 weights, int8
 activations whose ranges come from calibration windows, then fast bias correction) turns it
-into an
-OpenVINO model, fixed to the prediction window's shape. NNCF holds every activation of a
+into an OpenVINO model, fixed to the prediction window's shape. NNCF holds every activation of a
 calibration input at once (~1 GB for one 896² window of the resnet18 U-Net), so it calibrates
 on crops of the windows, at most :data:`CALIBRATION_SIDE` a side (the same pixels); the
 agreement below is measured on the whole windows. An architecture whose graph is right for one
@@ -27,17 +26,18 @@ Every convolution is quantized first: float convolutions are slow beside int8 on
 3-band 7x7 stem and 16-to-K logits convolution int8 too, an 896² window of the resnet18 U-Net
 took 330 ms instead of 360 under AVX2, docs/performance.md). The quantized graph must give the
 same class as fp32 (the fp32 graph in OpenVINO) on at least :data:`MIN_AGREEMENT` of the
-held-out windows' valid pixels; when it does not, the first and last convolutions are kept
-float (the input bands and the class logits are the most sensitive), then the last 2, 4 and 8 as
-well (the full-resolution decoder end is the most sensitive part of a U-Net), each step
-quantizing again. If no step reaches it, :class:`Int8Refused` names the best agreement.
+verification windows' valid pixels (held out, or the whole scene); when it does not, the first
+and last convolutions are kept float (the input bands and the class logits are the most
+sensitive), then the last 2, 4 and 8 as well (the full-resolution decoder end is the most
+sensitive part of a U-Net), each step quantizing again. If no step reaches it,
+:class:`Int8Refused` names the best agreement.
 
 The verified graph (OpenVINO IR, ``.xml`` + ``.bin``) is cached under ``$RSSEG_CACHE_DIR/int8``
 by the bundle's SHA-256, the window shape, the NNCF version and the scene statistics: per band,
 the mean, standard deviation and 0.1/99.9 percentiles of the sampled windows' normalised valid
 pixels, rounded to 0.1 (a tenth of the training standard deviation), so scenes of the same
 radiometry share one graph. Bundle digest, statistics and agreement are recorded in the graph and
-checked before reuse; a reused graph is verified again on this scene's held-out windows (one
+checked before reuse; a reused graph is verified again on this scene's verification windows (one
 fp32 and one int8 pass over them), so a graph is never run on a scene it disagrees on.
 """
 
@@ -79,7 +79,7 @@ from rsseg.models.bundle import BundleMeta
 from rsseg.models.factory import required_multiple
 
 WHAT = "--precision int8"
-MIN_AGREEMENT = 0.99  # share of valid calibration pixels whose class equals fp32's
+MIN_AGREEMENT = 0.99  # share of the verification windows' valid pixels whose class is fp32's
 FLOAT_TAILS = (0, 1, 2, 4, 8)  # last convolutions kept float (with the first, unless 0), in turn
 STATS_KEY = "rsseg_int8_scene_stats"
 FLOATS_KEY = "rsseg_int8_float_convs"
@@ -89,14 +89,14 @@ RECIPE = "nncf-ov-performance-v4"  # part of the cache key: a new recipe never r
 
 
 class Int8Refused(OutputError):
-    """The int8 graph disagrees with fp32 on the held-out windows (``--precision auto`` falls
-    back to fp32 on it)."""
+    """The int8 graph disagrees with fp32 on the verification windows (``--precision auto``
+    falls back to fp32 on it)."""
 
 
 @dataclass(frozen=True)
 class Int8Graph:
     path: Path
-    agreement: float  # on this scene's held-out windows
+    agreement: float  # on this scene's verification windows
     float_convs: int  # convolutions kept float (first one included)
 
 
@@ -108,7 +108,8 @@ def int8_graph(bundle: Path, net: nn.Module, meta: BundleMeta, sample: WindowSam
 
     Raises ConfigError when the openvino extra is missing, InputError when the architecture
     cannot be exported, Int8Refused when no quantization agrees with fp32 on at least
-    :data:`MIN_AGREEMENT` of the valid held-out pixels, OutputError when it cannot be cached.
+    :data:`MIN_AGREEMENT` of the verification windows' valid pixels, OutputError when it cannot
+    be cached.
     """
     nncf = _require_nncf()
     x, valid = sample.x, sample.valid
@@ -129,7 +130,7 @@ def int8_graph(bundle: Path, net: nn.Module, meta: BundleMeta, sample: WindowSam
             return Int8Graph(path, agreement, int(recorded.get(FLOATS_KEY, 0)))
     model, agreement, floats = quantize_graph(fp32, inputs, x, valid, reference, threads)
     if agreement < MIN_AGREEMENT:
-        raise Int8Refused(f"int8 agrees with fp32 on only {agreement:.2%} of the held-out "
+        raise Int8Refused(f"int8 agrees with fp32 on only {agreement:.2%} of the verification "
                           f"windows' valid pixels (at least {MIN_AGREEMENT:.0%} needed)",
                           "use --precision fp32, or --precision auto to fall back to it")
     for name, value in ((DIGEST_KEY, digest), (STATS_KEY, stats),

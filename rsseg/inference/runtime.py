@@ -191,7 +191,7 @@ def build_runner(net: nn.Module, meta: BundleMeta, bundle: Path, device: torch.d
         if samples is None:
             raise ValueError("--precision int8 needs the scene's calibration windows")
         graph = int8_graph(bundle, net, meta, samples(), threads=options.threads)
-        note = (f"int8: agrees with fp32 on {graph.agreement:.2%} of the held-out windows' "
+        note = (f"int8: agrees with fp32 on {graph.agreement:.2%} of the verification windows' "
                 f"valid pixels ({graph.float_convs} convolution(s) kept float)")
         return OvRunner(graph.path, options.threads, note, "--precision int8")
     from rsseg.inference.onnx_cache import runtime_graph
