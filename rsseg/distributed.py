@@ -23,6 +23,12 @@ from rsseg.errors import ConfigError, InputError
 
 Item = TypeVar("Item")
 CONNECT_TIMEOUT_S = 5
+# The workers' statistical profiler (on by default: a sample of every thread's stack each 10 ms,
+# for the dashboard's Profile tab) cost `local:2` a tenth of its speed on 2 cores: 8 scenes of
+# 2048² took 75.4 s with it and 63.9 s without (one process of 2 threads: 68.2 s;
+# docs/performance.md). Workers of an existing scheduler are started by their owner
+# (`dask worker`, dask-jobqueue): set it there (README).
+LOCAL_WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 
 
 @dataclass(frozen=True)
@@ -72,11 +78,13 @@ def connect(spec: ClusterSpec) -> Iterator[Any]:
     """A :class:`dask.distributed.Client` of ``spec``'s cluster, closed (with the LocalCluster
     it started) at the end. An unreachable scheduler is an InputError within
     :data:`CONNECT_TIMEOUT_S` seconds."""
+    import dask
     from dask.distributed import Client, LocalCluster
 
     if spec.address is None:
-        with LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True,
-                          dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
+        with dask.config.set(LOCAL_WORKER_CONFIG), \
+                LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True,
+                             dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
                 Client(cluster) as client:
             yield client
         return
