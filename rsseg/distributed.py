@@ -24,10 +24,10 @@ from rsseg.errors import ConfigError, InputError
 Item = TypeVar("Item")
 CONNECT_TIMEOUT_S = 5
 # The workers' statistical profiler (on by default: a sample of every thread's stack each 10 ms,
-# for the dashboard's Profile tab) cost `local:2` a tenth of its speed on 2 cores: 8 scenes of
-# 2048² took 75.4 s with it and 63.9 s without (one process of 2 threads: 68.2 s;
-# docs/performance.md). Workers of an existing scheduler are started by their owner
-# (`dask worker`, dask-jobqueue): set it there (README).
+# for the dashboard's Profile tab) cost `local:2` 9 % on 2 cores: 8 scenes of 2048² took 69.4 s
+# with it and 63.3 s without (alternating runs, 3 each; docs/performance.md). Workers of an
+# existing scheduler are started by their owner (`dask worker`, dask-jobqueue): set it there
+# (README).
 LOCAL_WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 
 
