@@ -92,7 +92,7 @@ def _cached_graph(bundle: Path, net: nn.Module, meta: BundleMeta, shape: str,
             diff = max(diff, float(np.max(np.abs(got - net(window).numpy()))))
     if not diff <= MAX_ABS_DIFF:
         raise GraphMismatch(f"the ONNX graph of {bundle} differs from PyTorch by {diff:.2e} "
-                          f"(more than {MAX_ABS_DIFF:g})", "use --backend torch")
+                            f"(more than {MAX_ABS_DIFF:g})", "use --backend torch")
     store_graph(path, data, "ONNX graph")
     return path
 

@@ -117,7 +117,8 @@ def int8_graph(bundle: Path, net: nn.Module, meta: BundleMeta, sample: WindowSam
     stats = json.dumps(scene_stats(x, valid))
     split = len(x) > 1 and not sample.whole_scene
     calibrate, verify = (slice(0, None, 2), slice(1, None, 2)) if split else (slice(None),) * 2
-    fp32, inputs = _fp32_graph(bundle, net, meta, x[calibrate], valid[calibrate])
+    fp32, any_size = _fp32_graph(bundle, net, meta, height, width)
+    calibration = x[calibrate], valid[calibrate]
     x, valid = x[verify], valid[verify]
     digest = file_sha256(bundle)
     key = hashlib.sha256(json.dumps([digest, stats, RECIPE, nncf.__version__]).encode())
@@ -128,6 +129,9 @@ def int8_graph(bundle: Path, net: nn.Module, meta: BundleMeta, sample: WindowSam
         agreement = _agreement(compile_cpu(path, threads, WHAT), x, valid, reference)
         if agreement >= MIN_AGREEMENT:
             return Int8Graph(path, agreement, int(recorded.get(FLOATS_KEY, 0)))
+    # crops where the graph takes any size (NNCF's memory), else the whole windows
+    inputs = calibration_crops(*calibration, required_multiple(meta.model)) if any_size \
+        else calibration[0]
     model, agreement, floats = quantize_graph(fp32, inputs, x, valid, reference, threads)
     if agreement < MIN_AGREEMENT:
         raise Int8Refused(f"int8 agrees with fp32 on only {agreement:.2%} of the verification "
@@ -149,18 +153,16 @@ def scene_stats(x: np.ndarray, valid: np.ndarray) -> list[list[float]]:
             for band in zip(pixels.mean(axis=1), pixels.std(axis=1), p_low, p_high, strict=True)]
 
 
-def _fp32_graph(bundle: Path, net: nn.Module, meta: BundleMeta, x: np.ndarray,
-                valid: np.ndarray) -> tuple[object, np.ndarray]:
-    """The fp32 ``openvino.Model`` of ``bundle`` fixed to the windows of ``x`` and the inputs
-    to calibrate it on: crops of ``x`` (:func:`calibration_crops`), or ``x`` itself where the
-    architecture's graph holds for one window size only."""
-    height, width = x.shape[2:]
+def _fp32_graph(bundle: Path, net: nn.Module, meta: BundleMeta, height: int,
+                width: int) -> tuple[object, bool]:
+    """``(model, any_size)``: the fp32 ``openvino.Model`` of ``bundle`` fixed to windows of
+    ``height`` x ``width``, from the graph for any window size (``any_size``) or, where the
+    architecture's graph holds for one size only, from the graph of this one."""
     try:
-        graph = any_window_graph(bundle, net, meta, WHAT)
-        inputs = calibration_crops(x, valid, required_multiple(meta.model))
+        graph, any_size = any_window_graph(bundle, net, meta, WHAT), True
     except GraphMismatch:
-        graph, inputs = runtime_graph(bundle, net, meta, height, width, WHAT), x
-    return sized(require_openvino(WHAT).Core().read_model(str(graph)), height, width), inputs
+        graph, any_size = runtime_graph(bundle, net, meta, height, width, WHAT), False
+    return sized(require_openvino(WHAT).Core().read_model(str(graph)), height, width), any_size
 
 
 def sized(model, height: int, width: int):
