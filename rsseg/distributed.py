@@ -23,12 +23,16 @@ from rsseg.errors import ConfigError, InputError
 
 Item = TypeVar("Item")
 CONNECT_TIMEOUT_S = 5
-# The workers' statistical profiler (on by default: a sample of every thread's stack each 10 ms,
-# for the dashboard's Profile tab) cost `local:2` 9 % on 2 cores: 8 scenes of 2048² took 69.4 s
-# with it and 63.3 s without (alternating runs, 3 each; docs/performance.md). Workers of an
-# existing scheduler are started by their owner (`dask worker`, dask-jobqueue): set it there
-# (README).
+# Two Dask defaults cost the workers that `local:N` starts speed, measured on 2 cores with 8
+# scenes of 2048² (docs/performance.md, "Many scenes on a cluster"): the statistical profiler (a
+# sample of every thread's stack each 10 ms, for the dashboard's Profile tab; 9 %), and
+# MALLOC_TRIM_THRESHOLD_=65536 in the workers' environment, which turns off glibc's adaptive mmap
+# threshold so that every window-sized array is mapped and zero-filled afresh (a plain one-thread
+# process took 9.5 s a scene without it and 11.5 s with it; local:2 9 % faster without it, for
+# ~300 MiB more peak memory per worker). Workers of an existing scheduler are started by their
+# owner (`dask worker`, dask-jobqueue): set both there (README).
 LOCAL_WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+UNSET_WORKER_ENVIRON = ("MALLOC_TRIM_THRESHOLD_",)
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def connect(spec: ClusterSpec) -> Iterator[Any]:
     from dask.distributed import Client, LocalCluster
 
     if spec.address is None:
-        with dask.config.set(LOCAL_WORKER_CONFIG), \
+        with dask.config.set(local_worker_config()), \
                 LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True,
                              dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
                 Client(cluster) as client:
@@ -97,6 +101,17 @@ def connect(spec: ClusterSpec) -> Iterator[Any]:
                          ) from None
     with client:
         yield client
+
+
+def local_worker_config() -> dict[str, Any]:
+    """:data:`LOCAL_WORKER_CONFIG`, and Dask's pre-spawn environment without
+    :data:`UNSET_WORKER_ENVIRON` (a None value unsets a variable there)."""
+    import dask
+    import distributed  # noqa: F401  (registers Dask's distributed.* settings)
+
+    environ = dask.config.get("distributed.nanny.pre-spawn-environ")
+    return {**LOCAL_WORKER_CONFIG, "distributed.nanny.pre-spawn-environ":
+            {**environ, **dict.fromkeys(UNSET_WORKER_ENVIRON)}}
 
 
 def dashboard(client: Any) -> str | None:
