@@ -24,3 +24,12 @@ def test_the_estimate_scales_the_measured_throughput_over_machines(bench) -> Non
 
 def test_peak_rss_is_read(bench) -> None:
     assert 10 < bench.peak_rss_mb() < 1e6
+
+
+def test_compare_gives_the_steady_state_ratio_beside_the_wall_ratio(bench) -> None:
+    # 2 workers taking 10 s a scene against one process taking 6 s: 1.2x in steady state
+    runs = {"sequential": {"mpx_s": 1.0, "batch_s": 50.0, "scene_s": 6.0},
+            "cluster": {"mpx_s": 0.8, "batch_s": 60.0, "scene_s": 10.0}}
+    bench.compare("small", runs, 0.95, "cluster", workers=2)
+    assert (runs["ratio"], runs["ratio_batch"], runs["ratio_scene"]) == (0.8, 0.833, 1.2)
+    assert runs["met"] is False
