@@ -330,24 +330,19 @@ def test_split_mpx_must_be_positive(geotiff_factory, rgbn_bundle, tmp_path, run_
     assert result.exit_code == 1 and "--split-mpx 0.0 must be above 0" in result.stderr, result
 
 
-def test_local_workers_run_without_the_statistical_profiler() -> None:
-    """Its stack sampling every 10 ms cost local:2 about a tenth of its speed on 2 cores."""
-    from rsseg.distributed import connect
-
-    with connect(ClusterSpec(workers=1)) as client:
-        callbacks = client.run(lambda dask_worker: sorted(dask_worker.periodic_callbacks))
-    (names,) = callbacks.values()
-    assert "heartbeat" in names and not any(name.startswith("profile") for name in names)
-
-
-def test_local_workers_keep_glibcs_adaptive_malloc(monkeypatch) -> None:
-    """Dask's MALLOC_TRIM_THRESHOLD_=65536 made every scene ~20 % slower in a worker."""
+def test_local_workers_run_without_the_profiler_and_keep_glibcs_adaptive_malloc(
+        monkeypatch) -> None:
+    """Dask's stack sampling every 10 ms cost local:2 about a tenth of its speed on 2 cores, and
+    its MALLOC_TRIM_THRESHOLD_=65536 made every scene ~20 % slower in a worker."""
     from rsseg.distributed import connect
 
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     with connect(ClusterSpec(workers=1)) as client:
+        callbacks = client.run(lambda dask_worker: sorted(dask_worker.periodic_callbacks))
         environ = client.run(lambda: {k: os.environ.get(k)
                                       for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")})
+    (names,) = callbacks.values()
+    assert "heartbeat" in names and not any(name.startswith("profile") for name in names)
     # Dask's other pre-spawn variables stay (the environment's own value wins there)
     omp = os.environ.get("OMP_NUM_THREADS", "1")
     assert list(environ.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": omp}]
