@@ -4,10 +4,10 @@
   ``1 - (p1 - p2)`` or normalised entropy ``H / log K``, both in ``[0, 1]``.
 - :class:`CellReducer`: rows of a scene streamed top to bottom → one candidate per
   ``cell`` × ``cell`` block: its most uncertain eligible pixel, or (random and diversity
-  strategies) a random one.
+  strategies, and the hybrid's exploration candidates) a random one.
 - :class:`CandidatePool`: the best ``cap`` candidates per predicted class (one group for the
-  random and diversity strategies), over any number of scenes: memory bounded by the pool,
-  never the scene.
+  random and diversity strategies; exploration candidates in a group of their own, kept at
+  random), over any number of scenes: memory bounded by the pool, never the scene.
 - :class:`NearIndex`: which pixels lie closer than a distance to given pixels (labelled ones).
 - :func:`select`: N candidates, greedily, by strategy, at least a distance apart within a scene
   and spread over the predicted classes.
@@ -15,8 +15,18 @@
 Strategies (:data:`STRATEGIES`): ``uncertainty`` (most uncertain first), ``diversity`` (greedy
 k-center on the candidates' features: each pick the candidate farthest from the labelled and
 picked points), ``hybrid`` (k-center weighted by uncertainty: gain = uncertainty × feature
-distance), ``random`` (uniform over the cells, the baseline). All but ``random`` take at most
-``ceil(N / classes)`` points per predicted class while other classes still have candidates.
+distance; with an exploration share, every ``1/share``-th pick is instead the k-center pick
+among random pixels, whatever their uncertainty), ``random`` (uniform over the cells, the
+baseline). All but ``random`` take at most ``ceil(N / classes)`` points per predicted class while
+other classes still have candidates (exploration picks are outside that quota).
+
+Why the hybrid explores: a class the model never predicts is never among its uncertain pixels
+(its pixels are predicted, confidently, as another class), so uncertainty-led picks never ask for
+it; on the NC scene from a pretrained backbone the hybrid asked 0 water points in 200 while random
+points found water at 75 (docs/active_learning.md). Random pixels far, in feature space, from
+everything labelled or picked are where such a class hides: the exploration share asks for them,
+as a mix of uncertainty and diversity sampling (Ash et al. 2020, BADGE, mix both in one
+embedding; here they alternate).
 Ties are broken by a random key drawn from the seed, so a seed gives one answer.
 """
 
@@ -31,6 +41,7 @@ import numpy as np
 STRATEGIES = ("uncertainty", "diversity", "hybrid", "random")
 MEASURES = ("margin", "entropy")
 FEATURE_STRATEGIES = ("diversity", "hybrid")  # those that need features at the candidates
+DEFAULT_EXPLORE = 0.2  # hybrid: share of the points picked among random pixels (not tuned)
 
 
 def uncertainty(probs: np.ndarray, measure: str = "margin"
@@ -65,6 +76,7 @@ class Candidates:
     predicted: np.ndarray  # int16 class index (model channel)
     confidence: np.ndarray  # float32, probability of the predicted class
     key: np.ndarray  # float32 random key in [0, 1): tie-breaks and the random order
+    explore: np.ndarray  # bool: drawn at random for the hybrid's exploration share
 
     def __len__(self) -> int:
         return len(self.row)
@@ -80,7 +92,7 @@ class Candidates:
     def concat(cls, parts: Sequence[Candidates]) -> Candidates:
         dtypes = {"scene": np.int32, "row": np.int32, "col": np.int32,
                   "uncertainty": np.float32, "predicted": np.int16, "confidence": np.float32,
-                  "key": np.float32}
+                  "key": np.float32, "explore": np.bool_}
         return cls(**{name: np.concatenate([getattr(p, name) for p in parts]).astype(dtype)
                       if parts else np.zeros(0, dtype) for name, dtype in dtypes.items()})
 
@@ -89,17 +101,21 @@ class CellReducer:
     """Rows of one scene in order → one candidate per ``cell`` × ``cell`` block of eligible pixels.
 
     ``by_uncertainty``: a block's candidate is its most uncertain eligible pixel; otherwise a
-    random one. Random keys come from ``rng`` one block row at a time, so they depend on the
-    seed and the scene only (not on how the rows arrive). Holds less than one block row.
+    random one (marked ``explore`` when ``explore``). Random keys come from ``rng`` one block row
+    at a time, so they depend on the seed and the scene only (not on how the rows arrive). Holds
+    less than one block row.
     """
 
     def __init__(self, width: int, cell: int, by_uncertainty: bool, rng: np.random.Generator,
-                 scene: int = 0) -> None:
+                 scene: int = 0, explore: bool = False) -> None:
+        if explore and by_uncertainty:
+            raise ValueError("exploration candidates are random ones, not the most uncertain")
         self.width = width
         self.cell = cell
         self.by_uncertainty = by_uncertainty
         self.rng = rng
         self.scene = scene
+        self.explore = explore
         self.eligible = 0  # eligible pixels seen
         self._top = 0  # scene row of the first buffered row
         self._rows: list[tuple[np.ndarray, ...]] = []
@@ -146,12 +162,14 @@ class CellReducer:
         return Candidates(np.full(n, self.scene, np.int32), (rows + top).astype(np.int32),
                           cols.astype(np.int32), score[rows, cols].astype(np.float32),
                           index[rows, cols].astype(np.int16),
-                          confidence[rows, cols].astype(np.float32), key[rows, cols])
+                          confidence[rows, cols].astype(np.float32), key[rows, cols],
+                          np.full(n, self.explore))
 
 
 class CandidatePool:
     """The best ``cap`` candidates of each group: by uncertainty per predicted class
-    (``by_uncertainty``), else by random key in one group. Pruned as it grows."""
+    (``by_uncertainty``), else by random key in one group; exploration candidates by random key
+    in a group of their own. Pruned as it grows."""
 
     def __init__(self, cap: int, by_uncertainty: bool) -> None:
         self.cap = cap
@@ -159,21 +177,26 @@ class CandidatePool:
         self._parts: list[Candidates] = []
         self._size = 0
         self._groups = 1
+        self._explore = False  # exploration candidates seen
 
     def add(self, part: Candidates) -> None:
         self._parts.append(part)
         self._size += len(part)
-        if self.by_uncertainty and len(part):
-            self._groups = max(self._groups, int(part.predicted.max()) + 1)
+        if len(part):
+            self._explore |= bool(part.explore.any())
+            classes = int(part.predicted.max()) + 1 if self.by_uncertainty else 1
+            self._groups = max(self._groups, classes + self._explore)
         if self._size > 2 * self.cap * self._groups:
             self._parts = [self.candidates()]
             self._size = len(self._parts[0])
 
     def candidates(self) -> Candidates:
-        """The kept candidates, best first within each group, groups in class order."""
+        """The kept candidates, best first within each group, groups in class order (the
+        exploration group first)."""
         pool = Candidates.concat(self._parts)
         group = pool.predicted if self.by_uncertainty else np.zeros(len(pool), np.int16)
-        priority = pool.uncertainty if self.by_uncertainty else -pool.key
+        group = np.where(pool.explore, -1, group)
+        priority = np.where(self.by_uncertainty & ~pool.explore, pool.uncertainty, -pool.key)
         order = np.lexsort((pool.key, -priority, group))  # group, then best, then key
         rank = np.arange(len(order)) - np.searchsorted(group[order], group[order])
         return pool.take(order[rank < self.cap])
@@ -239,17 +262,23 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
 
 
 def select(pool: Candidates, n: int, strategy: str, min_distance: Sequence[float],
-           features: np.ndarray | None = None, centres: np.ndarray | None = None) -> np.ndarray:
+           features: np.ndarray | None = None, centres: np.ndarray | None = None,
+           explore: float = 0.0) -> np.ndarray:
     """Indexes of up to ``n`` pool candidates in the order they were picked (rank 1 first).
 
     ``min_distance``: per scene, the least distance between two picked pixels of that scene
     (pixels). ``features`` ``(len(pool), D)`` for ``diversity``/``hybrid``, compared as unit
     vectors (cosine geometry); ``centres`` ``(M, D)``: features of points already labelled, which
-    count as picked for the feature distance.
+    count as picked for the feature distance. ``explore`` (``hybrid``): the share of the picks
+    made by k-center among the pool's exploration candidates (picks ``1/explore``,
+    ``2/explore``, …), the others by uncertainty × distance among the rest; either kind stands
+    in for the other when it has no candidate left.
     Fewer than ``n`` come back when no candidate is left at ``min_distance``.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid: {STRATEGIES}")
+    if not 0 <= explore <= 1:
+        raise ValueError(f"exploration share {explore} is not in [0, 1]")
     order = np.argsort(pool.key, kind="stable")  # ties go to the lower key
     cands = pool.take(order)
     alive = np.ones(len(cands), dtype=bool)
@@ -261,30 +290,36 @@ def select(pool: Candidates, n: int, strategy: str, min_distance: Sequence[float
         feats = unit_rows(features[order])
         if centres is not None and len(centres):
             distance = np.minimum(distance, min_distances(feats, unit_rows(centres)))
+    share = explore if strategy == "hybrid" else 0.0
     spread = strategy != "random"
-    classes = len(np.unique(cands.predicted)) if len(cands) else 1
+    classes = len(np.unique(cands.predicted[~cands.explore])) if len(cands) else 1
     quota = math.ceil(n / max(classes, 1)) if spread else n
     taken = np.zeros(int(cands.predicted.max(initial=0)) + 1, dtype=np.int64)
     radius = np.asarray(min_distance, dtype=np.float64)[cands.scene] if len(cands) else None
     picks: list[int] = []
     while len(picks) < n:
-        allowed = alive & (taken[cands.predicted] < quota)
-        if not allowed.any():
-            if quota >= n or not alive.any():
-                break
+        exploring = math.floor((len(picks) + 1) * share) > math.floor(len(picks) * share)
+        exploit = alive & ~cands.explore & (taken[cands.predicted] < quota)
+        explorable = alive & cands.explore
+        if not exploit.any() and quota < n and (alive & ~cands.explore).any():
             quota = n  # every class with candidates left is at its share: lift it
             continue
+        by_distance = explorable.any() and (exploring or not exploit.any())
+        allowed = explorable if by_distance else exploit
+        if not allowed.any():
+            break
         gain = {"uncertainty": cands.uncertainty, "diversity": distance,
                 "hybrid": cands.uncertainty * distance,
                 "random": -np.arange(len(cands), dtype=np.float32)}[strategy]
-        i = int(np.argmax(np.where(allowed, gain, -np.inf)))
+        i = int(np.argmax(np.where(allowed, distance if by_distance else gain, -np.inf)))
         picks.append(i)
         alive[i] = False
-        taken[cands.predicted[i]] += 1
+        if not by_distance:
+            taken[cands.predicted[i]] += 1
         same = cands.scene == cands.scene[i]
         d2 = (cands.row - cands.row[i]).astype(np.float64) ** 2 + \
             (cands.col - cands.col[i]).astype(np.float64) ** 2
-        alive &= ~(same & (d2 < radius ** 2))
+        alive &= ~(same & ((d2 < radius ** 2) | (d2 == 0)))  # an exploration twin included
         if feats is not None:
             distance = np.minimum(distance, np.sqrt(((feats - feats[i]) ** 2).sum(1)))
     return order[np.asarray(picks, dtype=np.int64)]

@@ -69,7 +69,8 @@ def _candidates(n: int, seed: int = 0, classes: int = 3, size: int = 100) -> Can
                       rng.integers(0, size, n).astype(np.int32),
                       rng.random(n).astype(np.float32),
                       rng.integers(0, classes, n).astype(np.int16),
-                      rng.random(n).astype(np.float32), rng.random(n).astype(np.float32))
+                      rng.random(n).astype(np.float32), rng.random(n).astype(np.float32),
+                      np.zeros(n, bool))
 
 
 def test_pool_keeps_the_most_uncertain_per_class() -> None:
@@ -132,3 +133,27 @@ def test_labelled_centres_push_diversity_away() -> None:
     feats = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.2]])
     first = select(cands, 1, "diversity", [0.0], feats, centres=np.array([[1.0, 0.05]]))[0]
     assert first == 3
+
+
+def test_hybrid_explores_among_random_pixels_by_feature_distance() -> None:
+    """With share 1/3, picks 3 and 6 are exploration candidates, each the one farthest in
+    feature space from everything picked; the others are uncertain ones; the pool keeps the
+    exploration candidates in a group of their own, by random key."""
+    cands = _candidates(60, seed=6)
+    explore = np.arange(60) >= 40
+    cands = Candidates(**{**{f: getattr(cands, f) for f in
+                             ("scene", "row", "col", "predicted", "confidence", "key")},
+                          "uncertainty": np.where(explore, 0.01, cands.uncertainty),
+                          "explore": explore})
+    feats = np.random.default_rng(7).normal(size=(60, 6)) + 5 * np.eye(6)[1]
+    feats[45] = -np.eye(6)[1]  # one exploration candidate unlike everything else
+    picks = select(cands, 6, "hybrid", [0.0], feats, explore=1 / 3)
+    assert cands.explore[picks].tolist() == [False, False, True, False, False, True]
+    assert picks[2] == 45
+    assert not cands.explore[select(cands, 6, "hybrid", [0.0], feats)].any()  # share 0
+    pool = CandidatePool(cap=5, by_uncertainty=True)
+    pool.add(cands)
+    kept = pool.candidates()
+    np.testing.assert_array_equal(np.sort(kept.key[kept.explore]),
+                                  np.sort(cands.key[explore])[:5])
+    assert (~kept.explore).sum() == 15  # 5 per predicted class

@@ -149,6 +149,32 @@ def test_hybrid_beats_random_where_one_class_is_hard(geotiff_factory, rgbn_bundl
     assert np.mean(share["random"]) < 0.3 and np.mean(share["diversity"]) < 0.45, share
 
 
+def test_hybrid_explores_where_the_model_is_sure_but_has_learnt_nothing(geotiff_factory,
+                                                                      rgbn_bundle: Path) -> None:
+    """Columns 0-179 lie on the model's water/field boundary (uncertain, both predicted);
+    columns 180-199 hold a spectrum it calls water with certainty, unlike anything else (a class
+    it has not learnt). Uncertainty never leads there; the hybrid's exploration share does."""
+    rng = np.random.default_rng(2)
+    d = W[0] - W[1]
+    base = 1.5 * (W[0] + W[1])
+    base -= base @ d / (d @ d) * d
+    v = np.array([-d[1], d[0], 0.0, 0.0])
+    v -= v @ d / (d @ d) * d
+    z = base[:, None, None] + v[:, None, None] / np.linalg.norm(v) * \
+        np.linspace(-0.7, 0.7, 240)[None, :, None] * np.ones((1, 1, 200))
+    unseen = np.array([0.9, -2.0, -1.95, -0.62])  # water logit 3.2, the others below -0.8
+    z[:, :, 180:] = unseen[:, None, None]
+    z += rng.normal(0, 0.1, z.shape)
+    path = geotiff_factory("unseen.tif", (z * 5 + 10).astype(np.float32))
+    for seed in range(3):
+        asked = {}
+        for explore in (0.0, 0.2):
+            got = suggest_points([path], rgbn_bundle, SuggestOptions(
+                n=10, strategy="hybrid", explore=explore, seed=seed)).points
+            asked[explore] = int((got.col >= 180).sum())
+        assert asked[0.0] == 0 and asked[0.2] >= 1, (seed, asked)
+
+
 def test_numeric_label_column_and_reprojected_labels(scene: Path, rgbn_bundle: Path,
                                                      tmp_path: Path, run_cli) -> None:
     """An existing integer column gives an integer column with ids behind the names; labels in
@@ -200,6 +226,7 @@ def _bad_inputs(tmp_path: Path, geotiff_factory, scene: Path) -> dict[str, tuple
     other_grid = geotiff_factory("grid.tif", np.zeros((30, 80), np.uint8), nodata=0)
     return {
         "n zero": (["--n", 0], "--n 0 must be at least 1"),
+        "explore above 1": (["--explore", 1.5], "--explore 1.5 is not a share between 0 and 1"),
         "more than candidates": ([geotiff_factory("few.tif", few, nodata=NODATA), "--n", 7],
                                  "--n 7 is more than the 6 candidate pixel(s)"),
         "all nodata": ([geotiff_factory("empty.tif", np.full((4, 8, 8), NODATA, np.float32),
@@ -222,7 +249,7 @@ def _bad_inputs(tmp_path: Path, geotiff_factory, scene: Path) -> dict[str, tuple
     }
 
 
-@pytest.mark.parametrize("case", ["n zero", "more than candidates", "all nodata",
+@pytest.mark.parametrize("case", ["n zero", "explore above 1", "more than candidates", "all nodata",
                                   "band mismatch", "label not a class id",
                                   "label of the wrong type", "label raster on another grid",
                                   "no such column", "column clash", "not a geopackage",

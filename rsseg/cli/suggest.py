@@ -10,6 +10,7 @@ import typer
 
 from rsseg.cli import app
 from rsseg.cli.predict import Device
+from rsseg.sampling import DEFAULT_EXPLORE
 
 
 class Strategy(str, Enum):
@@ -36,6 +37,10 @@ def suggest(
     strategy: Strategy = typer.Option(Strategy.hybrid, help="hybrid: uncertain and diverse; "
                                       "uncertainty: most uncertain first; diversity: k-center "
                                       "on the model's features; random: the baseline."),
+    explore: float = typer.Option(DEFAULT_EXPLORE, help="hybrid: share of the points picked "
+                                  "for being unlike anything labelled among random pixels, "
+                                  "however sure the model is there (classes it has not learnt "
+                                  "yet); 0: every point uncertain and diverse."),
     uncertainty: Measure = typer.Option(Measure.margin, help="Uncertainty of the blended "
                                         "probabilities: margin 1-(p1-p2) or entropy."),
     min_distance: float | None = typer.Option(None, help="Least distance between two points "
@@ -67,7 +72,8 @@ def suggest(
     from rsseg.pipelines.suggest import SuggestOptions
     from rsseg.pipelines.suggest import suggest as run_suggest  # loads torch
 
-    options = SuggestOptions(n=n, strategy=strategy.value, measure=uncertainty.value,
+    options = SuggestOptions(n=n, strategy=strategy.value, explore=explore,
+                             measure=uncertainty.value,
                              min_distance=min_distance, labels=tuple(labels),
                              label_column=label_column, seed=seed, tile=tile, overlap=overlap,
                              batch_size=batch_size, nodata=nodata, device=device.value,

@@ -3,13 +3,14 @@
 Each scene streams once through the predictor of ``rsseg predict``
 (:class:`~rsseg.inference.sliding.SlidingWindowPredictor`, one band of rows at a time); the
 blended probabilities give each pixel an uncertainty (:func:`rsseg.sampling.uncertainty`), each
-``cell`` × ``cell`` block one candidate (its most uncertain pixel, or a random one) and a pool
-keeps the best candidates per predicted class (:mod:`rsseg.sampling`). Nodata pixels, labelled
+``cell`` × ``cell`` block one candidate (its most uncertain pixel, or a random one; the hybrid
+takes both, the random one for its exploration share ``--explore``) and a pool keeps the best
+candidates per predicted class (:mod:`rsseg.sampling`). Nodata pixels, labelled
 pixels (``--labels``) and pixels closer than ``--min-distance`` to a labelled one are never
 candidates. The ``diversity`` and ``hybrid`` strategies then read the model's features at the
-candidates and at up to :data:`MAX_CENTRES` labelled pixels per scene (the deepest encoder stage,
-bilinear at the pixel; the last layer's input for per-pixel models), running the model again on
-only the windows that hold them, and :func:`rsseg.sampling.select` picks N.
+candidates and at up to :data:`MAX_CENTRES` labelled pixels per scene (the features entering the
+segmentation head, bilinear at the pixel: :func:`feature_tap`), running the model again on only
+the windows that hold them, and :func:`rsseg.sampling.select` picks N.
 
 Memory: one band of rows, the pool (:data:`POOL_PER_POINT` × N per class), and one scene's
 labelled mask when ``--labels`` is given. The points go to a GeoPackage with a ``.qml`` beside it
@@ -71,6 +72,7 @@ from rsseg.pipelines.predict import _in_model_band_order, resolve_windows
 from rsseg.pipelines.radiometry import check_radiometry
 from rsseg.regularizers.base import capture
 from rsseg.sampling import (
+    DEFAULT_EXPLORE,
     FEATURE_STRATEGIES,
     MEASURES,
     STRATEGIES,
@@ -103,6 +105,7 @@ class SuggestOptions:
 
     n: int = 50
     strategy: str = "hybrid"
+    explore: float = DEFAULT_EXPLORE  # hybrid: share of points by diversity among random pixels
     measure: str = "margin"
     min_distance: float | None = None
     labels: tuple[Path, ...] = ()
@@ -152,6 +155,9 @@ def check_suggest_options(options: SuggestOptions) -> None:
     if options.measure not in MEASURES:
         raise ConfigError(f"unknown uncertainty measure {options.measure!r}",
                           f"use one of {', '.join(MEASURES)}")
+    if not 0 <= options.explore <= 1:
+        raise ConfigError(f"--explore {options.explore:g} is not a share between 0 and 1",
+                          "use e.g. --explore 0.2 (0: every point by uncertainty and diversity)")
     distance = options.min_distance
     if distance is not None and not (math.isfinite(distance) and distance >= 0):
         raise ConfigError(f"--min-distance {distance:g} must be 0 or more",
@@ -222,7 +228,7 @@ def suggest_points(scenes: Sequence[str | Path], model: str | Path,
         if options.strategy in FEATURE_STRATEGIES:
             features, centres = _features(tasks, scans, cands, client)
     picks = select(cands, options.n, options.strategy, [s.radius for s in scans], features,
-                   centres)
+                   centres, options.explore)
     if len(picks) < options.n:
         apart = (f"{options.min_distance:g} CRS units" if options.min_distance is not None
                  else f"{DEFAULT_MIN_PIXELS:g} pixels")
@@ -271,15 +277,23 @@ def scan_scene(task: SceneTask) -> SceneScan:
         mask = task.labelled(src.info) if task.labelled is not None else None
         radius = _radius_px(options.min_distance, src.info)
         rng = np.random.default_rng([options.seed, task.index])
-        reducer = CellReducer(src.info.width, max(MIN_CELL, math.ceil(radius)), by_uncertainty,
-                              rng, scene=task.index)
+        cell = max(MIN_CELL, math.ceil(radius))
+        reducers = [CellReducer(src.info.width, cell, by_uncertainty, rng, scene=task.index)]
+        if _explores(options):
+            reducers.append(CellReducer(src.info.width, cell, False, np.random.default_rng(
+                [options.seed, task.index, 1]), scene=task.index, explore=True))
         valid = _scan(src, net, meta, task.model, options, tile, overlap, multiple, device, mask,
-                      radius, reducer, pool)
+                      radius, reducers, pool)
         if not valid:
             raise InputError(f"{task.path}: every pixel is nodata, nothing to suggest",
                              "check the scene and --nodata")
-        return SceneScan(src.info, radius, reducer.eligible, pool.candidates(),
+        return SceneScan(src.info, radius, reducers[0].eligible, pool.candidates(),
                          _sample_labelled(mask, rng))
+
+
+def _explores(options: SuggestOptions) -> bool:
+    """Whether the pass keeps exploration candidates (a random pixel per block) too."""
+    return options.strategy == "hybrid" and options.explore > 0
 
 
 def _radius_px(min_distance: float | None, info: SceneInfo) -> float:
@@ -291,7 +305,7 @@ def _radius_px(min_distance: float | None, info: SceneInfo) -> float:
 
 def _scan(src: Scene, net: nn.Module, meta: BundleMeta, model: Path, options: SuggestOptions,
           tile: int, overlap: int, multiple: int, device: torch.device, mask: np.ndarray | None,
-          radius: float, reducer: CellReducer, pool: CandidatePool) -> int:
+          radius: float, reducers: Sequence[CellReducer], pool: CandidatePool) -> int:
     """One streaming pass over ``src`` feeding ``pool``; returns the number of valid pixels."""
     info = src.info
     lay = layout(info.height, info.width, tile, overlap, multiple)
@@ -309,10 +323,12 @@ def _scan(src: Scene, net: nn.Module, meta: BundleMeta, model: Path, options: Su
         valid += int(ok.sum())
         if mask is not None:
             ok = ok & ~mask[band.row:band.row + ok.shape[0]]
-        for part in reducer.add(band.row, score, index, confidence, ok):
+        for reducer in reducers:
+            for part in reducer.add(band.row, score, index, confidence, ok):
+                pool.add(_away_from(part, near))
+    for reducer in reducers:
+        for part in reducer.finish():
             pool.add(_away_from(part, near))
-    for part in reducer.finish():
-        pool.add(_away_from(part, near))
     return valid
 
 
@@ -375,19 +391,22 @@ def scene_features(task: SceneTask) -> np.ndarray:
 
 
 def feature_tap(net: nn.Module) -> str:
-    """The feature map read at the points: the deepest encoder stage, or (models without an
-    encoder, e.g. ``pixel``) the input of the last layer."""
-    return "bottleneck" if parts.encoder(net) is not None else "decoder"
+    """The feature map read at the points: the features entering the segmentation head (the
+    decoder's output at the pixel's own scale), or the deepest encoder stage for a model
+    without a head. Not the bottleneck where there is a head: at stride 32 it describes a
+    neighbourhood (~900 m on Landsat), not the pixel; on the NC scene its distances did not
+    set water apart from the other classes, the decoder's did (docs/active_learning.md)."""
+    return "decoder" if parts.decoder_features(net) is not None else "bottleneck"
 
 
 def feature_map(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """:func:`feature_tap`'s map for input ``x``: the encoder alone where that is enough."""
-    encoder = parts.encoder(net)
-    if encoder is not None:
-        return encoder(x)[-1]
-    with capture(net, ["decoder"]) as taps:
+    """:func:`feature_tap`'s map ``(B, C, h, w)`` for input ``x`` ``(B, bands, H, W)``."""
+    tap = feature_tap(net)
+    if tap == "bottleneck":
+        return parts.encoder(net)(x)[-1]
+    with capture(net, [tap]) as taps:
         net(x)
-    return taps["decoder"]
+    return taps[tap]
 
 
 @torch.inference_mode()
