@@ -44,13 +44,10 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_predict import make_bundle, make_scene
+from rsseg.cli.predict import WORKER_MODULES
+from rsseg.distributed import warm_local_workers
 
-from rsseg.inference.sliding import strips
-from rsseg.models.bundle import read_meta
-from rsseg.pipelines.predict import PredictOptions, predict_windows
-from rsseg.tiling.blend import layout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TARGETS = {"small": 0.95, "large": 0.9, "worker_rss_mb": 1536.0}
 ESTIMATE_SCENES, ESTIMATE_SIDE, ESTIMATE_MACHINES = 1000, 10_000, (1, 10, 100)
@@ -71,7 +68,9 @@ def peak_rss_mb() -> float:
 
 def child(spec: dict) -> dict:
     """One measured run (in its own process): ``predict_batch`` with ``spec``'s scenes and
-    flags; on a cluster, each worker's peak RSS is read before the cluster closes."""
+    flags; on a cluster, each worker's peak RSS is read before the cluster closes. As
+    ``rsseg predict`` does, local workers' imports start before this process loads torch."""
+    warm_local_workers(spec["cluster"], WORKER_MODULES)
     from rsseg.inference.runtime import RuntimeOptions
     from rsseg.pipelines import jobs
     from rsseg.pipelines.batch import BatchOptions, predict_batch
@@ -196,6 +195,13 @@ def compare(name: str, runs: dict, target: float, candidate: str, workers: int) 
 
 
 def run(args: argparse.Namespace) -> dict:
+    from bench_predict import make_bundle, make_scene
+
+    from rsseg.inference.sliding import strips
+    from rsseg.models.bundle import read_meta
+    from rsseg.pipelines.predict import PredictOptions, predict_windows
+    from rsseg.tiling.blend import layout
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cluster = f"local:{args.workers}"
     with tempfile.TemporaryDirectory(prefix="rsseg-bench-cluster-") as tmp:

@@ -21,6 +21,8 @@ from rich.text import Text
 
 from rsseg.cli import app
 
+WORKER_MODULES = ("rsseg.pipelines.batch",)  # what a --cluster local worker's tasks import
+
 
 class Device(str, Enum):
     auto = "auto"
@@ -116,6 +118,9 @@ def predict(
 
     The class raster comes with NAME.qml (QGIS style) and NAME.tif.aux.xml (GDAL class names).
     """
+    from rsseg.distributed import warm_local_workers
+
+    warm_local_workers(cluster, WORKER_MODULES)  # before this process loads torch
     from rsseg.cli.many import predict_many
     from rsseg.inference.memory import trim_freed_memory
     from rsseg.inference.runtime import RuntimeOptions

@@ -69,6 +69,9 @@ def suggest(
     Open the GeoPackage in QGIS, pick a class in the label column's drop-down for each point
     (rank 1 first), save, then fine-tune with --labels OLD --labels NEW.gpkg.
     """
+    from rsseg.distributed import warm_local_workers
+
+    warm_local_workers(cluster, ("rsseg.pipelines.suggest",))  # before this process loads torch
     from rsseg.pipelines.suggest import SuggestOptions
     from rsseg.pipelines.suggest import suggest as run_suggest  # loads torch
 
