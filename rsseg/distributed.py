@@ -148,8 +148,10 @@ def warm_local_workers(cluster: str | None, modules: Sequence[str]) -> None:
     saved = {name: os.environ.get(name) for name in environ}
     os.environ.update(environ)
     try:
+        # "__main__": the command's own script, which each worker would otherwise run again
+        # (as multiprocessing does) when it starts
         multiprocessing.get_context("forkserver").set_forkserver_preload(
-            ["distributed", *modules])
+            ["__main__", "distributed", *modules])
         multiprocessing.forkserver.ensure_running()
     finally:
         for name, value in saved.items():

@@ -14,6 +14,9 @@ Python process calling :func:`rsseg.pipelines.batch.predict_batch` (what ``rsseg
   the cores split between them: one thread each on 2 cores);
 - ``large``: one ``--large``² scene ``sequential`` and ``split`` on the same cluster into row
   strips (``--split-mpx``); with ``--unsplit`` also ``unsplit`` (the whole scene as one task);
+- with ``--cold``, also ``cluster_cold`` on the small scenes: the workers spawned afresh, each
+  importing torch and the model code on its first task (rsseg before its fork server was warmed
+  ahead of its own imports: :func:`rsseg.distributed.warm_local_workers`);
 - ``overhead``: a LocalCluster's start and Dask's cost per task (``--tasks`` empty tasks).
 
 Per run: ``wall_s`` (the process, imports and model loading included), ``batch_s``
@@ -70,7 +73,12 @@ def child(spec: dict) -> dict:
     """One measured run (in its own process): ``predict_batch`` with ``spec``'s scenes and
     flags; on a cluster, each worker's peak RSS is read before the cluster closes. As
     ``rsseg predict`` does, local workers' imports start before this process loads torch."""
-    warm_local_workers(spec["cluster"], WORKER_MODULES)
+    if spec["warm"]:
+        warm_local_workers(spec["cluster"], WORKER_MODULES)
+    else:
+        import rsseg.distributed
+
+        rsseg.distributed.FORK_SERVER = False
     from rsseg.inference.runtime import RuntimeOptions
     from rsseg.pipelines import jobs
     from rsseg.pipelines.batch import BatchOptions, predict_batch
@@ -99,9 +107,10 @@ def child(spec: dict) -> dict:
 
 
 def measure(scenes: list[Path], model: Path, out_dir: Path, cluster: str | None,
-            threads: int | None, split_mpx: float) -> dict:
+            threads: int | None, split_mpx: float, warm: bool = True) -> dict:
     """``child`` in a fresh Python process, timed from the outside."""
-    spec = {"scenes": [str(s) for s in scenes], "model": str(model), "out_dir": str(out_dir),
+    spec = {"warm": warm, "scenes": [str(s) for s in scenes], "model": str(model),
+            "out_dir": str(out_dir),
             "cluster": cluster, "threads": threads, "split_mpx": split_mpx}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
@@ -218,21 +227,27 @@ def run(args: argparse.Namespace) -> dict:
                         "large": {"size": args.large, "split_mpx": args.split_mpx}}
         no_split = 1e9  # megapixels: no scene is split
         for name, scenes, modes in (
-                ("small", small, {"sequential": (None, cores, no_split),
-                                  "cluster": (cluster, None, no_split)}),
-                ("large", large, {"sequential": (None, cores, no_split),
-                                  "split": (cluster, None, args.split_mpx),
-                                  **({"unsplit": (cluster, None, no_split)} if args.unsplit
-                                     else {})})):
-            for mode, (where, threads, split) in modes.items():
+                ("small", small, {"sequential": (None, cores, no_split, True),
+                                  "cluster": (cluster, None, no_split, True),
+                                  **({"cluster_cold": (cluster, None, no_split, False)}
+                                     if args.cold else {})}),
+                ("large", large, {"sequential": (None, cores, no_split, True),
+                                  "split": (cluster, None, args.split_mpx, True),
+                                  **({"unsplit": (cluster, None, no_split, True)}
+                                     if args.unsplit else {})})):
+            for mode, (where, threads, split, warm) in modes.items():
                 print(f"{name}: {mode}", file=sys.stderr)
                 result[name][mode] = measure(scenes, model, folder / f"{name}_{mode}", where,
-                                             threads, split)
+                                             threads, split, warm)
             for mode in modes:
                 if mode != "sequential":
                     result[name][mode]["agreement"] = agreement(
                         folder / f"{name}_sequential", folder / f"{name}_{mode}", scenes)
         compare("small", result["small"], TARGETS["small"], "cluster", args.workers)
+        if args.cold:
+            small_runs = result["small"]
+            small_runs["ratio_cold"] = round(small_runs["cluster_cold"]["mpx_s"]
+                                             / small_runs["sequential"]["mpx_s"], 3)
         compare("large", result["large"], TARGETS["large"], "split", args.workers)
         tile, overlap, multiple, _ = predict_windows(read_meta(model), PredictOptions(),
                                                      args.large, args.large)
@@ -261,6 +276,8 @@ def main() -> None:
     parser.add_argument("--split-mpx", type=float, default=64.0,
                         help="the large scene's strips (predict --split-mpx)")
     parser.add_argument("--workers", type=int, default=2, help="local cluster workers")
+    parser.add_argument("--cold", action="store_true",
+                        help="also the small scenes on workers that import on their first task")
     parser.add_argument("--unsplit", action="store_true",
                         help="also the large scene as one task on the cluster")
     parser.add_argument("--tasks", type=int, default=500, help="empty tasks timed")

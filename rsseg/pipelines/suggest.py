@@ -393,8 +393,8 @@ def scene_features(task: SceneTask) -> np.ndarray:
 def feature_tap(net: nn.Module) -> str:
     """The feature map read at the points: the features entering the segmentation head (the
     decoder's output at the pixel's own scale), or the deepest encoder stage for a model
-    without a head. Not the bottleneck where there is a head: at stride 32 it describes a
-    neighbourhood (~900 m on Landsat), not the pixel; on the NC scene its distances did not
+    without a head. Not the bottleneck where there is a head: at stride 16–32 it describes a
+    neighbourhood (0.5–1 km of Landsat), not the pixel; on the NC scene its distances did not
     set water apart from the other classes, the decoder's did (docs/active_learning.md)."""
     return "decoder" if parts.decoder_features(net) is not None else "bottleneck"
 
