@@ -20,13 +20,13 @@ among random pixels, whatever their uncertainty), ``random`` (uniform over the c
 baseline). All but ``random`` take at most ``ceil(N / classes)`` points per predicted class while
 other classes still have candidates (exploration picks are outside that quota).
 
-Why the hybrid explores: a class the model never predicts is never among its uncertain pixels
-(its pixels are predicted, confidently, as another class), so uncertainty-led picks never ask for
-it; on the NC scene from a pretrained backbone the hybrid asked 0 water points in 200 while random
-points found water at 75 (docs/active_learning.md). Random pixels far, in feature space, from
-everything labelled or picked are where such a class hides: the exploration share asks for them,
-as a mix of uncertainty and diversity sampling (Ash et al. 2020, BADGE, mix both in one
-embedding; here they alternate).
+Why the hybrid explores: a class the model has not learnt may be predicted as another class
+with confidence, and uncertainty-led picks then never ask for it; on the NC scene from a
+pretrained backbone the first hybrid asked 0 water points in 200 while random points found water
+at 75 (docs/active_learning.md). Random pixels far, in feature space, from everything labelled
+or picked are where such a class hides: the exploration share asks for them, as a mix of
+uncertainty and diversity sampling (Ash et al. 2020, BADGE, mix both in one embedding; here they
+alternate).
 Ties are broken by a random key drawn from the seed, so a seed gives one answer.
 """
 
