@@ -301,13 +301,14 @@ def pretraining(run: Path | None) -> dict:
 
 def paired_deltas(runs: list[dict], protocol: str, setting: str, arm: str,
                   base: str) -> list[float]:
-    """mIoU points of ``arm`` − ``base`` per fine-tuning seed both ran (same labels), in the
-    order of ``arm``'s runs."""
+    """mIoU points of ``arm`` − ``base`` per fine-tuning seed both ran (same labels), in seed
+    order (merged result files may hold the runs in any order)."""
     def scores(name: str) -> dict[int, float]:
         return {r["seed"]: r["miou"] for r in runs if "error" not in r and
                 (r["protocol"], r["setting"], r["arm"]) == (protocol, setting, name)}
     theirs = scores(base)
-    return [100 * (m - theirs[seed]) for seed, m in scores(arm).items() if seed in theirs]
+    return [100 * (m - theirs[seed]) for seed, m in sorted(scores(arm).items())
+            if seed in theirs]
 
 
 def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
