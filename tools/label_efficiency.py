@@ -445,7 +445,8 @@ def _plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), sharey=True)
     settings = sorted(dict.fromkeys(r["setting"] for r in results["summary"]),
                       key=lambda s: (s.partition(":")[0], float(s.partition(":")[2])))
-    colors = {arm: f"C{i}" for i, arm in enumerate(results["arms"])}  # one per arm, every panel
+    palette = plt.get_cmap("tab10" if len(results["arms"]) <= 10 else "tab20")
+    colors = {arm: palette(i % palette.N) for i, arm in enumerate(results["arms"])}  # every panel
     for ax, protocol in zip(axes, ("finetune", "probe"), strict=False):
         for arm in results["arms"]:
             rows = {r["setting"]: r for r in results["summary"]
@@ -471,7 +472,7 @@ def _plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_budget(results: dict, setting: str, ax, colors: dict[str, str]) -> None:
+def _plot_budget(results: dict, setting: str, ax, colors: dict[str, tuple]) -> None:
     """Full fine-tuning mIoU at ``setting`` against pretraining steps, one curve per method
     and pretraining seed, in the colour of its first arm (random init is every method's step
     0)."""
