@@ -27,11 +27,13 @@ def test_tiny_study_runs_every_arm_and_resumes(al, tmp_path: Path, one_thread: N
     for r in results["runs"][1:]:  # each arm asks 4 new points, never one asked before
         assert len(r["new"]) == 4 and not {tuple(p) for p in r["new"]} & {tuple(p) for p in start}
         assert 0 <= r["miou"] <= 1 and sum(r["answered"].values()) + r["unanswered"] <= 8
+        assert 0 <= r["on_edge"] <= 4
     summary = results["summary"][0]
     assert set(summary["curves"]) == {"random", "uncertainty", "hybrid"}
     assert summary["verdict"].startswith("nc: hybrid ")
     doc = out.with_suffix(".md").read_text()
     assert summary["verdict"] in doc and "| 8 |" in doc and "al.png" in doc
+    assert "on a class edge" in doc and 0 < summary["edge_share"] < 1
     assert out.with_suffix(".png").stat().st_size > 0
 
     def no_training(*_args, **_kwargs):
@@ -52,6 +54,17 @@ def test_start_points_are_uniform_over_valid_pixels(al) -> None:
     assert all(valid[r, c] for _, r, c in points)
     assert {i for i, _, _ in points} == {0, 1}
     assert points == al.start_points(dataset, 150, seed=0)
+
+
+def test_edge_mask_marks_class_pixels_beside_another_class(al) -> None:
+    ref = np.zeros((6, 6), np.uint8)
+    ref[:, 3:] = 1
+    ref[0, 0] = al.IGNORE  # no class: neither an edge nor makes its neighbours one
+    edge = al.edge_mask(ref)
+    assert edge[:, 2:4].all() and not edge[:, [0, 1, 4, 5]].any()
+    ref[4, 4] = 2  # a lone pixel: it and its 8 neighbours are edges
+    edge = al.edge_mask(ref)
+    assert edge[3:6, 3:6].all() and not edge[1, 5]
 
 
 def test_verdict_names_the_figure(al) -> None:

@@ -19,7 +19,9 @@ place in the budget and gives no label, for every arm alike.
 
 Figure to reach: hybrid reaches the mIoU random points reach at ``max`` with at most
 half as many points. ``OUT.md`` says whether it does, per dataset, and shows what may limit it:
-the points without an answer and the classes collected per arm.
+the points without an answer, the classes collected per arm, and how many of an arm's points lie
+on a class edge of the reference (another class among the 8 neighbours: mixed pixels, the least
+reliable answers), beside the share of edge pixels in the training images.
 
     python tools/active_learning.py --dataset nc --dataset dubai --data DIR \
         --out docs/active_learning
@@ -200,6 +202,26 @@ class State:
         return {table.name_of(i): int(n) for i, n in enumerate(counts) if n}
 
 
+def edge_mask(reference: np.ndarray) -> np.ndarray:
+    """``(H, W)`` class ids → ``(H, W)`` bool: a class pixel with another class (not ``IGNORE``)
+    among its 8 neighbours."""
+    h, w = reference.shape
+    padded = np.pad(reference, 1, constant_values=IGNORE)
+    edge = np.zeros((h, w), dtype=bool)
+    for dr in range(3):
+        for dc in range(3):
+            near = padded[dr:dr + h, dc:dc + w]
+            edge |= (near != reference) & (near != IGNORE)
+    return edge & (reference != IGNORE)
+
+
+def edge_share(dataset: Dataset) -> float:
+    """The share of the training images' valid class pixels that lie on a class edge."""
+    edges = sum(int((edge_mask(im.reference) & im.valid).sum()) for im in dataset.train)
+    pixels = sum(int((im.valid & (im.reference != IGNORE)).sum()) for im in dataset.train)
+    return edges / pixels
+
+
 def start_points(dataset: Dataset, n: int, seed: int) -> list[list[int]]:
     """``n`` pixels drawn uniformly over the valid pixels of the training images."""
     sizes = [int(im.valid.sum()) for im in dataset.train]
@@ -269,12 +291,15 @@ def run_arm(dataset: Dataset, arm: str, seed: int, budget: dict, config: Finetun
             init: Path | None, work: Path, results: dict, out: Path) -> None:
     """Every round of one arm and seed; rounds in ``results`` are replayed, not rerun."""
     state = State(dataset)
+    edges = [edge_mask(im.reference) for im in dataset.train]
     done = {r["points"]: r for r in results["runs"]
             if (r["dataset"], r["seed"]) == (dataset.name, seed) and r["arm"] in ("start", arm)}
     sizes = range(budget["start"], budget["max"] + 1, budget["step"])
     bundle = None
     for size in sizes:
         if size in done:
+            done[size].setdefault("on_edge", sum(int(edges[i][r, c]) for i, r, c in
+                                                 done[size]["new"]))
             state.ask(done[size]["new"])
             bundle = _round(work, dataset, done[size]["arm"], seed, size) / "ft" / "model.rsseg"
             continue
@@ -290,8 +315,9 @@ def run_arm(dataset: Dataset, arm: str, seed: int, budget: dict, config: Finetun
         bundle, scores = train_and_score(dataset, state, config, init,
                                          _round(work, dataset, label, seed, size))
         unanswered = sum(int(dataset.train[i].reference[r, c] == IGNORE) for i, r, c in new)
+        on_edge = sum(int(edges[i][r, c]) for i, r, c in new)
         results["runs"].append({"dataset": dataset.name, "arm": label, "seed": seed,
-                                "points": size, "unanswered": unanswered,
+                                "points": size, "unanswered": unanswered, "on_edge": on_edge,
                                 "answered": state.answered(), **scores, "new": new,
                                 "seconds": round(time.perf_counter() - start, 1)})
         print(f"  -> mIoU {scores['miou']:.3f}", flush=True)
@@ -323,6 +349,7 @@ def summarise(results: dict) -> list[dict]:
         row: dict = {"dataset": dataset, "curves": {
             arm: {str(k): [float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
                            len(v)] for k, v in c.items()} for arm, c in curves.items()}}
+        row["edge_share"] = results.get("edge_share", {}).get(dataset)
         if base:
             target = float(np.mean(base))
             reach = {arm: next((k for k, v in c.items() if np.mean(v) >= target), None)
@@ -372,8 +399,12 @@ def _dataset_lines(row: dict, runs: list[dict]) -> list[str]:
         cells = [f"{100 * v[0]:.1f} ± {100 * v[1]:.1f}" if (v := row["curves"][a].get(str(size)))
                  else "—" for a in arms]
         lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    share = row.get("edge_share")
     lines += ["", "What each arm asked, over the seeds: points without an answer (no class in "
-              "the reference), and the labels per class at its last round:", ""]
+              "the reference), points of its own rounds (the shared start left out) on a class "
+              "edge of the reference"
+              + (f" ({100 * share:.0f} % of the training pixels are)" if share else "")
+              + ", and the labels per class at its last round:", ""]
     for arm in arms:
         mine = [r for r in runs if r["arm"] in ("start", arm)]
         last = max(r["points"] for r in mine)
@@ -382,8 +413,11 @@ def _dataset_lines(row: dict, runs: list[dict]) -> list[str]:
             if r["points"] == last:
                 for name, count in r["answered"].items():
                     classes[name] = classes.get(name, 0) + count
+        own = [r for r in mine if r["arm"] == arm and "on_edge" in r]
+        edge = (f"{sum(r['on_edge'] for r in own)} of {sum(len(r['new']) for r in own)} "
+                "on a class edge; " if own else "")
         lines.append(f"- {arm}: {sum(r['unanswered'] for r in mine)} of "
-                     f"{sum(len(r['new']) for r in mine)} points unanswered; labels "
+                     f"{sum(len(r['new']) for r in mine)} points unanswered; {edge}labels "
                      + ", ".join(f"{n} {c}" for n, c in sorted(classes.items())))
     return [*lines, ""]
 
@@ -462,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore", NoGeoreferencing)
     for name in dict.fromkeys(args.dataset):
         dataset = load_dataset(name, args.data, budget["images"], budget["crop"], args.work)
+        results.setdefault("edge_share", {})[name] = edge_share(dataset)
         for seed in seeds:
             config = load_config(FinetuneConfig, args.config,
                                  [*budget["model"], *budget["finetune"], *COMMON, *args.sets,
