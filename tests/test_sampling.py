@@ -12,6 +12,7 @@ from rsseg.sampling import (
     Candidates,
     CellReducer,
     NearIndex,
+    RegionMean,
     min_distances,
     select,
     uncertainty,
@@ -61,6 +62,29 @@ def test_one_candidate_per_block_whatever_the_bands() -> None:
         r0, c0 = r // 4 * 4, c // 4 * 4
         block = np.where(eligible[r0:r0 + 4, c0:c0 + 4], score[r0:r0 + 4, c0:c0 + 4], -1)
         assert score[r, c] == block.max()
+
+
+def test_region_mean_is_the_neighbourhood_mean_whatever_the_bands() -> None:
+    rng = np.random.default_rng(3)
+    score = rng.random((23, 17)).astype(np.float32)
+    valid = rng.random((23, 17)) > 0.25
+    valid[:6, :6] = False  # a nodata corner: its pixels have no neighbour to average
+    passed = rng.integers(0, 9, (23, 17))
+    r = 2
+    naive = np.zeros(score.shape)
+    for i in range(23):
+        for j in range(17):
+            box = np.s_[max(i - r, 0):i + r + 1, max(j - r, 0):j + r + 1]
+            naive[i, j] = score[box][valid[box]].mean() if valid[box].any() else 0
+    for chunks in ([23], [1] * 23, [4, 1, 11, 7], [2, 21]):
+        region, out, row = RegionMean(r), [], 0
+        for h in chunks:
+            out += region.add(row, score[row:row + h], valid[row:row + h], passed[row:row + h])
+            row += h
+        out += region.finish()
+        assert [o[0] for o in out] == list(np.cumsum([0, *[len(o[1]) for o in out[:-1]]]))
+        np.testing.assert_allclose(np.concatenate([o[1] for o in out]), naive, atol=1e-6)
+        np.testing.assert_array_equal(np.concatenate([o[2] for o in out]), passed)
 
 
 def _candidates(n: int, seed: int = 0, classes: int = 3, size: int = 100) -> Candidates:

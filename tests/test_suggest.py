@@ -175,6 +175,31 @@ def test_hybrid_explores_where_the_model_is_sure_but_has_learnt_nothing(geotiff_
         assert asked[0.0] == 0 and asked[0.2] >= 1, (seed, asked)
 
 
+def test_region_prefers_an_uncertain_area_to_lone_uncertain_pixels(geotiff_factory,
+                                                                   rgbn_bundle: Path) -> None:
+    """A field the model is sure of, strewn with lone pixels on its water/field boundary (mixed
+    pixels, columns < 60) beside a 20-row band of such pixels (columns >= 60): pixel by pixel
+    the lone ones are the most uncertain and take every point of their predicted class (half
+    the points: the others go to the band's other class); by the mean over 5 x 5 pixels
+    (``region=2``) every point lies in the band."""
+    d = W[0] - W[1]
+    unsure = 1.5 * (W[0] + W[1])
+    unsure -= unsure @ d / (d @ d) * d  # water and field logits equal, forest's below
+    sure = np.array([-1.0, 2.0, 0.0, 1.0])  # field by a margin of 4.5
+    z = np.repeat(sure[:, None, None], 60, axis=1).repeat(120, axis=2)
+    z[:, 20:40, 60:] = unsure[:, None, None]
+    z += np.random.default_rng(4).normal(0, 0.05, z.shape)
+    z[:, 3:60:6, 3:60:6] = unsure[:, None, None]  # 100 lone mixed pixels, the most uncertain
+    path = geotiff_factory("edges.tif", (z * 5 + 10).astype(np.float32))
+    for seed in range(3):
+        in_band = {}
+        for region in (0, 2):
+            got = suggest_points([path], rgbn_bundle, SuggestOptions(
+                n=8, strategy="uncertainty", region=region, seed=seed)).points
+            in_band[region] = float(((got.row >= 20) & (got.row < 40) & (got.col >= 60)).mean())
+        assert in_band[2] == 1.0 and in_band[0] <= 0.5, (seed, in_band)
+
+
 def test_numeric_label_column_and_reprojected_labels(scene: Path, rgbn_bundle: Path,
                                                      tmp_path: Path, run_cli) -> None:
     """An existing integer column gives an integer column with ids behind the names; labels in
@@ -227,6 +252,7 @@ def _bad_inputs(tmp_path: Path, geotiff_factory, scene: Path) -> dict[str, tuple
     return {
         "n zero": (["--n", 0], "--n 0 must be at least 1"),
         "explore above 1": (["--explore", 1.5], "--explore 1.5 is not a share between 0 and 1"),
+        "negative region": (["--region", -1], "--region -1 must be 0 or more"),
         "more than candidates": ([geotiff_factory("few.tif", few, nodata=NODATA), "--n", 7],
                                  "--n 7 is more than the 6 candidate pixel(s)"),
         "all nodata": ([geotiff_factory("empty.tif", np.full((4, 8, 8), NODATA, np.float32),
@@ -249,7 +275,8 @@ def _bad_inputs(tmp_path: Path, geotiff_factory, scene: Path) -> dict[str, tuple
     }
 
 
-@pytest.mark.parametrize("case", ["n zero", "explore above 1", "more than candidates", "all nodata",
+@pytest.mark.parametrize("case", ["n zero", "explore above 1", "negative region",
+                                  "more than candidates", "all nodata",
                                   "band mismatch", "label not a class id",
                                   "label of the wrong type", "label raster on another grid",
                                   "no such column", "column clash", "not a geopackage",

@@ -43,6 +43,10 @@ def suggest(
                                   "yet); 0: every point uncertain and diverse."),
     uncertainty: Measure = typer.Option(Measure.margin, help="Uncertainty of the blended "
                                         "probabilities: margin 1-(p1-p2) or entropy."),
+    region: int = typer.Option(0, help="uncertainty/hybrid: rank each pixel by the mean "
+                               "uncertainty of the (2·REGION+1)² pixels around it, so a lone "
+                               "uncertain pixel on a class edge ranks below one inside an "
+                               "uncertain area; 0: the pixel's own."),
     min_distance: float | None = typer.Option(None, help="Least distance between two points "
                                               "and from a labelled pixel, in CRS units (pixels "
                                               "without georeferencing) [default: 5 pixels]."),
@@ -76,7 +80,7 @@ def suggest(
     from rsseg.pipelines.suggest import suggest as run_suggest  # loads torch
 
     options = SuggestOptions(n=n, strategy=strategy.value, explore=explore,
-                             measure=uncertainty.value,
+                             measure=uncertainty.value, region=region,
                              min_distance=min_distance, labels=tuple(labels),
                              label_column=label_column, seed=seed, tile=tile, overlap=overlap,
                              batch_size=batch_size, nodata=nodata, device=device.value,

@@ -3,8 +3,9 @@
 Each scene streams once through the predictor of ``rsseg predict``
 (:class:`~rsseg.inference.sliding.SlidingWindowPredictor`, one band of rows at a time); the
 blended probabilities give each pixel an uncertainty (:func:`rsseg.sampling.uncertainty`), each
-``cell`` × ``cell`` block one candidate (its most uncertain pixel, or a random one; the hybrid
-takes both, the random one for its exploration share ``--explore``) and a pool keeps the best
+``cell`` × ``cell`` block one candidate (its most uncertain pixel — by the mean uncertainty of
+its neighbourhood with ``--region`` — or a random one; the hybrid takes both, the random one for
+its exploration share ``--explore``) and a pool keeps the best
 candidates per predicted class (:mod:`rsseg.sampling`). Nodata pixels, labelled
 pixels (``--labels``) and pixels closer than ``--min-distance`` to a labelled one are never
 candidates. The ``diversity`` and ``hybrid`` strategies then read the model's features at the
@@ -30,7 +31,7 @@ import math
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -80,6 +81,7 @@ from rsseg.sampling import (
     Candidates,
     CellReducer,
     NearIndex,
+    RegionMean,
     select,
     uncertainty,
 )
@@ -107,6 +109,7 @@ class SuggestOptions:
     strategy: str = "hybrid"
     explore: float = DEFAULT_EXPLORE  # hybrid: share of points by diversity among random pixels
     measure: str = "margin"
+    region: int = 0  # uncertainty/hybrid: rank by the mean over (2·region + 1)² pixels
     min_distance: float | None = None
     labels: tuple[Path, ...] = ()
     label_column: str = "label"
@@ -155,6 +158,9 @@ def check_suggest_options(options: SuggestOptions) -> None:
     if options.measure not in MEASURES:
         raise ConfigError(f"unknown uncertainty measure {options.measure!r}",
                           f"use one of {', '.join(MEASURES)}")
+    if options.region < 0:
+        raise ConfigError(f"--region {options.region} must be 0 or more",
+                          "use e.g. --region 2 (a 5 x 5 neighbourhood; 0: the pixel alone)")
     if not 0 <= options.explore <= 1:
         raise ConfigError(f"--explore {options.explore:g} is not a share between 0 and 1",
                           "use e.g. --explore 0.2 (0: every point by uncertainty and diversity)")
@@ -316,6 +322,15 @@ def _scan(src: Scene, net: nn.Module, meta: BundleMeta, model: Path, options: Su
     predictor = SlidingWindowPredictor(runner, meta.normalise, meta.model.classes, tile, overlap,
                                        multiple, batch)
     near = NearIndex(*np.nonzero(mask), radius) if mask is not None else None
+    region = RegionMean(options.region) if options.region and options.strategy in UNCERTAIN \
+        else None
+
+    def reduce(rows: Iterable[tuple]) -> None:
+        for row, *arrays in rows:
+            for reducer in reducers:
+                for part in reducer.add(row, *arrays):
+                    pool.add(_away_from(part, near))
+
     valid = 0
     for band in predictor.bands(src):
         score, index, confidence = uncertainty(band.probs, options.measure)
@@ -323,9 +338,10 @@ def _scan(src: Scene, net: nn.Module, meta: BundleMeta, model: Path, options: Su
         valid += int(ok.sum())
         if mask is not None:
             ok = ok & ~mask[band.row:band.row + ok.shape[0]]
-        for reducer in reducers:
-            for part in reducer.add(band.row, score, index, confidence, ok):
-                pool.add(_away_from(part, near))
+        reduce([(band.row, score, index, confidence, ok)] if region is None else
+               region.add(band.row, score, band.valid, index, confidence, ok))
+    if region is not None:
+        reduce(region.finish())
     for reducer in reducers:
         for part in reducer.finish():
             pool.add(_away_from(part, near))
