@@ -360,8 +360,15 @@ def summarise(results: dict) -> list[dict]:
 
 
 def verdict(dataset: str, target: float, reach: dict, top: int) -> str:
-    """One line: does hybrid reach random's score at ``top`` points with half as many?"""
+    """One line: does hybrid reach random's score at ``top`` points with half as many? Not
+    measurable where random's own mean curve already reaches it with half as many (a curve
+    that does not rise: any arm "reaches" it)."""
     points = reach.get("hybrid")
+    own = reach.get("random")
+    if own is not None and own <= top // 2:
+        return (f"{dataset}: random points already reach their own {top}-point mIoU "
+                f"({100 * target:.1f}) with {own}: the curve does not rise, so the figure "
+                "cannot be measured here (not reached)")
     if points is None:
         return (f"{dataset}: hybrid does not reach random's {top}-point mIoU "
                 f"({100 * target:.1f}) within {top} points: figure not reached")
