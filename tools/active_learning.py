@@ -367,8 +367,8 @@ def verdict(dataset: str, target: float, reach: dict, top: int) -> str:
     own = reach.get("random")
     if own is not None and own <= top // 2:
         return (f"{dataset}: random points already reach their own {top}-point mIoU "
-                f"({100 * target:.1f}) with {own}: the curve does not rise, so the figure "
-                "cannot be measured here (not reached)")
+                f"({100 * target:.1f}) with {own} points (their curve is flat from there), so "
+                "the figure cannot be measured here (not reached)")
     if points is None:
         return (f"{dataset}: hybrid does not reach random's {top}-point mIoU "
                 f"({100 * target:.1f}) within {top} points: figure not reached")
