@@ -30,10 +30,11 @@ def test_tiny_study_runs_every_arm_and_resumes(al, tmp_path: Path, one_thread: N
         assert 0 <= r["on_edge"] <= 4
     summary = results["summary"][0]
     assert set(summary["curves"]) == {"random", "uncertainty", "hybrid"}
-    assert summary["verdict"].startswith("nc: hybrid ")
+    assert summary["verdict"].startswith("nc: ") and "reached" in summary["verdict"]
     doc = out.with_suffix(".md").read_text()
     assert summary["verdict"] in doc and "| 8 |" in doc and "al.png" in doc
     assert "on a class edge" in doc and 0 < summary["edge_share"] < 1
+    assert summary["paired"]["hybrid"][2] == 1 and "paired by seed and round" in doc
     assert out.with_suffix(".png").stat().st_size > 0
 
     def no_training(*_args, **_kwargs):
@@ -65,6 +66,16 @@ def test_edge_mask_marks_class_pixels_beside_another_class(al) -> None:
     ref[4, 4] = 2  # a lone pixel: it and its 8 neighbours are edges
     edge = al.edge_mask(ref)
     assert edge[3:6, 3:6].all() and not edge[1, 5]
+
+
+def test_paired_differences_use_every_round_both_arms_ran(al) -> None:
+    runs = [{"dataset": "nc", "arm": arm, "seed": seed, "points": size, "miou": miou}
+            for arm, seed, size, miou in [("start", 0, 4, 0.1), ("random", 0, 8, 0.20),
+                                          ("hybrid", 0, 8, 0.25), ("random", 1, 8, 0.30),
+                                          ("hybrid", 1, 8, 0.27), ("hybrid", 2, 8, 0.9)]]
+    mean, sd, n = al.paired(runs, "nc", "hybrid")
+    assert n == 2 and mean == pytest.approx(1.0) and sd == pytest.approx(np.std([5, -3], ddof=1))
+    assert al.paired(runs, "nc", "uncertainty") is None
 
 
 def test_verdict_names_the_figure(al) -> None:

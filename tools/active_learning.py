@@ -350,6 +350,8 @@ def summarise(results: dict) -> list[dict]:
             arm: {str(k): [float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
                            len(v)] for k, v in c.items()} for arm, c in curves.items()}}
         row["edge_share"] = results.get("edge_share", {}).get(dataset)
+        row["paired"] = {arm: paired(results["runs"], dataset, arm) for arm in curves
+                         if arm != "random" and "random" in curves}
         if base:
             target = float(np.mean(base))
             reach = {arm: next((k for k, v in c.items() if np.mean(v) >= target), None)
@@ -357,6 +359,21 @@ def summarise(results: dict) -> list[dict]:
             row.update(target=target, reach=reach, verdict=verdict(dataset, target, reach, top))
         rows.append(row)
     return rows
+
+
+def paired(runs: list[dict], dataset: str, arm: str) -> list[float] | None:
+    """``arm`` − random in mIoU points over every (seed, round) both ran after the shared
+    start: ``[mean, sd, pairs]``, or None without a pair. Uses every round, where the figure
+    uses one point of a noisy curve."""
+    scores = {(r["seed"], r["points"], r["arm"]): r["miou"] for r in runs
+              if r["dataset"] == dataset}
+    diffs = [100 * (m - scores[(seed, size, "random")])
+             for (seed, size, name), m in scores.items()
+             if name == arm and (seed, size, "random") in scores]
+    if not diffs:
+        return None
+    return [float(np.mean(diffs)), float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
+            len(diffs)]
 
 
 def verdict(dataset: str, target: float, reach: dict, top: int) -> str:
@@ -398,8 +415,12 @@ def _dataset_lines(row: dict, runs: list[dict]) -> list[str]:
     arms = list(row["curves"])
     reach = ", ".join(f"{a} {row['reach'][a] or 'not within the budget'}" for a in arms) \
         if "reach" in row else "random's last round not run yet"
+    pairs = "; ".join(f"{arm} {v[0]:+.1f} ± {v[1]:.1f} over {v[2]} (seed, round) pairs"
+                      for arm, v in row.get("paired", {}).items() if v)
     lines = [f"## {row['dataset']}", "", row.get("verdict", ""), "",
              f"Points each arm needed to reach random's last-round mIoU: {reach}.", "",
+             *([f"mIoU points above random, paired by seed and round (every round after the "
+                f"shared start): {pairs}.", ""] if pairs else []),
              "mIoU (%), mean ± sd over seeds:", "",
              "| points | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
     for size in sorted({int(k) for c in row["curves"].values() for k in c}):
