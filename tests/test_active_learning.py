@@ -43,6 +43,12 @@ def test_tiny_study_runs_every_arm_and_resumes(al, tmp_path: Path, one_thread: N
     monkeypatch.setattr(al, "train_and_score", no_training)
     assert al.main([*args, "--resume"]) == 0  # every round is replayed from OUT.json
     assert json.loads(out.with_suffix(".json").read_text())["runs"] == results["runs"]
+    merged = tmp_path / "merged"  # a run made apart, merged into a new OUT: replayed too
+    assert al.main([*args[:-4], "--out", str(merged), "--work", str(tmp_path / "work"),
+                    "--merge", str(out.with_suffix(".json"))]) == 0
+    assert json.loads(merged.with_suffix(".json").read_text())["runs"] == results["runs"]
+    with pytest.raises(SystemExit, match="no such file"):
+        al.main([*args, "--merge", str(tmp_path / "missing.json")])
 
 
 def test_start_points_are_uniform_over_valid_pixels(al) -> None:

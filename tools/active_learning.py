@@ -40,7 +40,9 @@ the central 128 px of two training images, 2 steps: a smoke test). ``--seeds`` a
 study above (NC, seed 0, 25 + 25 per round to 100: the start and 3 rounds of 3 arms) asks whether
 hybrid reaches random's 100-point mIoU with 50 points. Writes ``OUT.json`` (every round: scores, the
 points asked), ``OUT.md`` and ``OUT.png`` (mIoU against points per arm), rewritten after every
-round; ``--resume`` replays the rounds of ``OUT.json`` (same budget) and runs the rest.
+round; ``--resume`` replays the rounds of ``OUT.json`` (same budget) and runs the rest, and
+``--merge A.json --merge B.json`` adds the rounds of runs made apart (one process per seed, side
+by side) to those replayed.
 """
 
 from __future__ import annotations
@@ -506,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("active_learning_work"))
     parser.add_argument("--out", type=Path, required=True, help="OUT.json/.md/.png")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--merge", type=Path, action="append", default=[],
+                        help="OUT.json of runs made apart (e.g. one process per seed), replayed "
+                        "with --resume's (repeatable; same --budget)")
     args = parser.parse_args(argv)
 
     budget = with_max_points(BUDGETS[args.budget], args.max_points)
@@ -514,12 +519,20 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"budget": args.budget, "budget_sets": budget, "arms": arms,
                      "seeds": seeds, "init": str(args.init) if args.init else None, "runs": []}
     out = args.out
-    if args.resume and out.with_suffix(".json").is_file():
-        previous = json.loads(out.with_suffix(".json").read_text())
+    earlier = [out.with_suffix(".json")] if args.resume else []
+    for path in [*earlier, *args.merge]:
+        if not path.is_file():
+            if path in args.merge:
+                raise SystemExit(f"error: --merge {path}: no such file")
+            continue
+        previous = json.loads(path.read_text())
         if previous["budget"] != args.budget:
-            raise SystemExit("error: --resume needs the same --budget")
-        results["runs"] = previous["runs"]
-        results["arms"] = list(dict.fromkeys([*previous["arms"], *arms]))
+            raise SystemExit(f"error: {path} ran budget {previous['budget']!r}: --resume and "
+                             "--merge need the same --budget")
+        known = {(r["dataset"], r["arm"], r["seed"], r["points"]) for r in results["runs"]}
+        results["runs"] += [r for r in previous["runs"]
+                            if (r["dataset"], r["arm"], r["seed"], r["points"]) not in known]
+        results["arms"] = list(dict.fromkeys([*previous["arms"], *results["arms"]]))
     out.parent.mkdir(parents=True, exist_ok=True)
     warnings.simplefilter("ignore", NoGeoreferencing)
     for name in dict.fromkeys(args.dataset):
