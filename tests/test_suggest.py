@@ -107,6 +107,14 @@ def test_deterministic_for_a_seed(scene: Path, rgbn_bundle: Path, tmp_path: Path
     assert not runs["d"].geometry.equals(runs["e"].geometry)
 
 
+def _on_the_boundary() -> tuple[np.ndarray, np.ndarray]:
+    """``(spectrum, d)``: a spectrum (normalised units) on the model's water/field boundary —
+    water and field logits equal, forest's below — and ``d`` = water − field weights."""
+    d = W[0] - W[1]
+    base = 1.5 * (W[0] + W[1])
+    return base - base @ d / (d @ d) * d, d
+
+
 def _hard_scene(geotiff_factory) -> tuple[Path, np.ndarray]:
     """Seven 20 px stripes: six distinct spectra the model is sure of, and one (stripe 3) on
     its water/field boundary, varying along it: the hard class."""
@@ -115,9 +123,7 @@ def _hard_scene(geotiff_factory) -> tuple[Path, np.ndarray]:
     region = np.repeat(np.arange(7), 20)[None].repeat(70, axis=0)
     for k in range(7):
         if k == 3:
-            d = W[0] - W[1]
-            base = 1.5 * (W[0] + W[1])
-            base -= base @ d / (d @ d) * d
+            base, d = _on_the_boundary()
             v = np.array([-d[1], d[0], 0.0, 0.0])
             v -= v @ d / (d @ d) * d
             t = np.linspace(-0.7, 0.7, 70)[:, None]
@@ -155,9 +161,7 @@ def test_hybrid_explores_where_the_model_is_sure_but_has_learnt_nothing(geotiff_
     columns 180-199 hold a spectrum it calls water with certainty, unlike anything else (a class
     it has not learnt). Uncertainty never leads there; the hybrid's exploration share does."""
     rng = np.random.default_rng(2)
-    d = W[0] - W[1]
-    base = 1.5 * (W[0] + W[1])
-    base -= base @ d / (d @ d) * d
+    base, d = _on_the_boundary()
     v = np.array([-d[1], d[0], 0.0, 0.0])
     v -= v @ d / (d @ d) * d
     z = base[:, None, None] + v[:, None, None] / np.linalg.norm(v) * \
@@ -182,9 +186,7 @@ def test_region_prefers_an_uncertain_area_to_lone_uncertain_pixels(geotiff_facto
     the lone ones are the most uncertain and take every point of their predicted class (half
     the points: the others go to the band's other class); by the mean over 5 x 5 pixels
     (``region=2``) every point lies in the band."""
-    d = W[0] - W[1]
-    unsure = 1.5 * (W[0] + W[1])
-    unsure -= unsure @ d / (d @ d) * d  # water and field logits equal, forest's below
+    unsure, _ = _on_the_boundary()
     sure = np.array([-1.0, 2.0, 0.0, 1.0])  # field by a margin of 4.5
     z = np.repeat(sure[:, None, None], 60, axis=1).repeat(120, axis=2)
     z[:, 20:40, 60:] = unsure[:, None, None]
