@@ -14,6 +14,7 @@ import shapely
 from affine import Affine
 
 from rsseg.pipelines.suggest import SuggestOptions, suggest_points
+from rsseg.sampling import Candidates
 
 NODATA = -9999.0
 DEFAULT_TRANSFORM = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 4_500_000.0)  # conftest's
@@ -107,6 +108,11 @@ def test_deterministic_for_a_seed(scene: Path, rgbn_bundle: Path, tmp_path: Path
     assert not runs["d"].geometry.equals(runs["e"].geometry)
 
 
+def _asked(path: Path, bundle: Path, **options) -> Candidates:
+    """The points ``suggest`` picks in one scene with these options."""
+    return suggest_points([path], bundle, SuggestOptions(**options)).points
+
+
 def _on_the_boundary() -> tuple[np.ndarray, np.ndarray]:
     """``(spectrum, d)``: a spectrum (normalised units) on the model's water/field boundary —
     water and field logits equal, forest's below — and ``d`` = water − field weights."""
@@ -148,8 +154,7 @@ def test_hybrid_beats_random_where_one_class_is_hard(geotiff_factory, rgbn_bundl
     for strategy in ("hybrid", "random", "diversity"):
         share[strategy] = []
         for seed in range(3):
-            got = suggest_points([path], rgbn_bundle,
-                                 SuggestOptions(n=14, strategy=strategy, seed=seed)).points
+            got = _asked(path, rgbn_bundle, n=14, strategy=strategy, seed=seed)
             share[strategy].append(float((region[got.row, got.col] == 3).mean()))
     assert min(share["hybrid"]) >= 0.55, share
     assert np.mean(share["random"]) < 0.3 and np.mean(share["diversity"]) < 0.45, share
@@ -173,8 +178,7 @@ def test_hybrid_explores_where_the_model_is_sure_but_has_learnt_nothing(geotiff_
     for seed in range(3):
         asked = {}
         for explore in (0.0, 0.2):
-            got = suggest_points([path], rgbn_bundle, SuggestOptions(
-                n=10, strategy="hybrid", explore=explore, seed=seed)).points
+            got = _asked(path, rgbn_bundle, n=10, strategy="hybrid", explore=explore, seed=seed)
             asked[explore] = int((got.col >= 180).sum())
         assert asked[0.0] == 0 and asked[0.2] >= 1, (seed, asked)
 
@@ -196,8 +200,8 @@ def test_region_prefers_an_uncertain_area_to_lone_uncertain_pixels(geotiff_facto
     for seed in range(3):
         in_band = {}
         for region in (0, 2):
-            got = suggest_points([path], rgbn_bundle, SuggestOptions(
-                n=8, strategy="uncertainty", region=region, seed=seed)).points
+            got = _asked(path, rgbn_bundle, n=8, strategy="uncertainty", region=region,
+                         seed=seed)
             in_band[region] = float(((got.row >= 20) & (got.row < 40) & (got.col >= 60)).mean())
         assert in_band[2] == 1.0 and in_band[0] <= 0.5, (seed, in_band)
 

@@ -217,6 +217,11 @@ def edge_mask(reference: np.ndarray) -> np.ndarray:
     return edge & (reference != IGNORE)
 
 
+def on_edges(edges: list[np.ndarray], points: list[list[int]]) -> int:
+    """How many ``[image, row, col]`` points lie on a class edge (:func:`edge_mask` per image)."""
+    return sum(int(edges[i][r, c]) for i, r, c in points)
+
+
 def edge_share(dataset: Dataset) -> float:
     """The share of the training images' valid class pixels that lie on a class edge."""
     edges = sum(int((edge_mask(im.reference) & im.valid).sum()) for im in dataset.train)
@@ -300,8 +305,7 @@ def run_arm(dataset: Dataset, arm: str, seed: int, budget: dict, config: Finetun
     bundle = None
     for size in sizes:
         if size in done:
-            done[size].setdefault("on_edge", sum(int(edges[i][r, c]) for i, r, c in
-                                                 done[size]["new"]))
+            done[size].setdefault("on_edge", on_edges(edges, done[size]["new"]))
             state.ask(done[size]["new"])
             bundle = _round(work, dataset, done[size]["arm"], seed, size) / "ft" / "model.rsseg"
             continue
@@ -317,7 +321,7 @@ def run_arm(dataset: Dataset, arm: str, seed: int, budget: dict, config: Finetun
         bundle, scores = train_and_score(dataset, state, config, init,
                                          _round(work, dataset, label, seed, size))
         unanswered = sum(int(dataset.train[i].reference[r, c] == IGNORE) for i, r, c in new)
-        on_edge = sum(int(edges[i][r, c]) for i, r, c in new)
+        on_edge = on_edges(edges, new)
         results["runs"].append({"dataset": dataset.name, "arm": label, "seed": seed,
                                 "points": size, "unanswered": unanswered, "on_edge": on_edge,
                                 "answered": state.answered(), **scores, "new": new,
