@@ -196,6 +196,24 @@ def test_interrupted_run_leaves_no_output(geotiff_factory, models, tmp_path,
     assert len(calls) == 2 and list((tmp_path / "out").iterdir()) == []
 
 
+def test_freed_memory_is_released_after_every_batch(geotiff_factory, models, tmp_path,
+                                                    monkeypatch) -> None:
+    """Each batch's activations go back to the system before the next forward pass."""
+    scene = geotiff_factory("scene.tif", _pixels(100, 40, seed=4), nodata=NODATA)
+    real = SlidingWindowPredictor.probabilities
+    batches, released = [], []
+
+    def counted(self, x, weight=None):
+        batches.append(len(x))
+        return real(self, x, weight)
+
+    monkeypatch.setattr(SlidingWindowPredictor, "probabilities", counted)
+    monkeypatch.setattr("rsseg.inference.sliding.release_freed_memory",
+                        lambda: released.append(len(batches)))
+    predict_scene(scene, models["pixel"], tmp_path / "p.tif", PredictOptions(batch_size=2, tile=32))
+    assert len(batches) > 2 and released == list(range(1, len(batches) + 1))
+
+
 def test_existing_output_needs_overwrite(geotiff_factory, models, tmp_path, run_cli) -> None:
     scene = geotiff_factory("scene.tif", _pixels(20, 20, seed=5), nodata=NODATA)
     out = tmp_path / "pred.tif"

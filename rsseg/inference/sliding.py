@@ -23,6 +23,7 @@ from rasterio.windows import Window
 from rsseg.errors import InputError
 from rsseg.inference.accumulate import RowBandAccumulator
 from rsseg.inference.background import prefetch
+from rsseg.inference.memory import release_freed_memory
 from rsseg.inference.runtime import Runner
 from rsseg.io.raster import RowBandReader, Scene
 from rsseg.tiling.blend import Layout, layout
@@ -130,6 +131,7 @@ class SlidingWindowPredictor:
             yield from self._blend_batch(acc, lay, batch.windows,
                                          self.probabilities(batch.x, weight), pending,
                                          shared_above)
+            release_freed_memory()  # the batch's activations: back to the system, not the heap
         if rows.stop < len(lay.rows):  # the rows the window rows below touch too
             below = lay.rows[rows.stop]
             shared = lay.rows[rows.stop - 1] + lay.win_h - below
