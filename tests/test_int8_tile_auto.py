@@ -1,5 +1,6 @@
-"""``predict --tile auto`` (the largest window whose activations fit --max-memory) and
-``--precision int8|auto`` (NNCF on the scene's windows, run by OpenVINO, verified, cached)."""
+"""``predict --tile auto`` (the largest window whose activations and blending band fit
+--max-memory) and ``--precision int8|auto`` (NNCF on the scene's windows, run by OpenVINO,
+verified, cached)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from rsseg.inference import quantize
 from rsseg.inference.memory import (
     activation_bytes_per_pixel,
     auto_tile,
+    band_bytes,
     parse_memory,
     window_work,
 )
@@ -93,23 +95,33 @@ def test_activation_probe_counts_every_operator_output() -> None:
 
 
 def test_auto_tile_fits_the_memory_and_computes_the_fewest_pixels() -> None:
-    # 400 B/px, batch 2, 1 GiB: sqrt(2**30 / 800) = 1158.5 -> at most 1152; on a 10,000² scene
+    # 400 B/px, batch 2, 1 GiB, 6 classes: 800·s² + 4·6·10,000·s ≤ 2**30 -> s ≤ 1018.3, at most
+    # 992 (1152 without the blending band); on a 10,000² scene
     # 1152² windows compute each pixel 1.33 times (10 rows, the last shifted back), 896² 1.16
-    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 10_000, 10_000) == 896
+    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 10_000, 10_000, 6) == 896
     assert window_work(896, 64, 32, 10_000, 10_000) < 0.9 * window_work(1152, 64, 32, 10_000,
                                                                          10_000)
-    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 2048, 2048) == 1056  # 2 rows: 1.06
-    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 1088, 1088) == 1088  # one window: 1.00
-    assert auto_tile(400, 1, 1 << 30, 32, 256, 64, 10_000, 10_000) == 1312
-    assert auto_tile(1, 2, 1 << 30, 32, 256, 64, 10_000, 10_000) == 1728  # capped at 2048
-    for side in (1000, 3000, 10_000):  # never more work than the largest window that fits
-        assert window_work(auto_tile(400, 2, 1 << 30, 32, 256, 64, side, side), 64, 32, side,
+    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 2048, 2048, 6) == 1056  # 2 rows: 1.06
+    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 1088, 1088, 6) == 1088  # one window: 1.00
+    assert auto_tile(400, 1, 1 << 30, 32, 256, 64, 10_000, 10_000, 6) == 1312
+    assert auto_tile(1, 2, 1 << 30, 32, 256, 64, 10_000, 10_000, 6) == 1728  # capped at 2048
+    for side in (1000, 3000, 10_000):  # never more work than 1152², the largest without a band
+        assert window_work(auto_tile(400, 2, 1 << 30, 32, 256, 64, side, side, 6), 64, 32, side,
                            side) <= window_work(1152, 64, 32, side, side)
-    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 300, 200) == 320  # the scene's size
-    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 20, 20) == 96  # above the overlap
+    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 300, 200, 6) == 320  # the scene's size
+    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 20, 20, 6) == 96  # above the overlap
     with pytest.raises(ConfigError, match=r"too small for one batch of 2 window\(s\) of 256².*"
-                                          r"at least 50 MiB is needed"):
-        auto_tile(400, 2, 10 << 20, 32, 256, 64, 10_000, 10_000)
+                                          r"at least 109 MiB is needed"):
+        auto_tile(400, 2, 10 << 20, 32, 256, 64, 10_000, 10_000, 6)
+
+
+def test_auto_tile_counts_the_blending_band_of_wide_scenes() -> None:
+    # 8,192 rows: 1088² windows (8 rows, 1.13) fit beside a band 2,048 px wide; at 8,192 px the
+    # band (6 classes × 8,192 × 4 B per window row: 204 MiB at 1088) leaves room for 992² only
+    assert auto_tile(400, 2, 1 << 30, 32, 256, 64, 8192, 2048, 6) == 1088
+    tile = auto_tile(400, 2, 1 << 30, 32, 256, 64, 8192, 8192, 6)
+    assert tile == 992 and 2 * 400 * tile**2 + band_bytes(6, 8192, tile) <= 1 << 30
+    assert 2 * 400 * 1088**2 + band_bytes(6, 8192, 1088) > 1 << 30
 
 
 def test_tile_auto_is_the_default_and_printed_once(bundle, scene, tmp_path, run_cli) -> None:

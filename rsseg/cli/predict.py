@@ -72,10 +72,11 @@ def predict(
                                       "model's bands, e.g. B04,B03,B02,B08 [default: the "
                                       "assets whose key, band or common name is the band's]."),
     tile: str = typer.Option("auto", help="Window side in pixels, or auto: the largest window "
-                             "whose activations fit --max-memory (at least the bundle's tile, "
-                             "at most the scene), printed once."),
+                             "whose activations and blending band fit --max-memory (at least the "
+                             "bundle's tile, at most the scene), printed once."),
     max_memory: str = typer.Option("1G", help="--tile auto: memory for the model's activations "
-                                   "per call, e.g. 1G, 512M."),
+                                   "per call and the blending band (class sums a window tall "
+                                   "and the scene wide), e.g. 1G, 512M."),
     overlap: int | None = typer.Option(None, help="Window overlap in pixels (default: the "
                                                   "bundle's)."),
     batch_size: int | None = typer.Option(None, help="Windows per model call [default: 2 on "

@@ -1,19 +1,21 @@
-"""``--tile auto``: the largest prediction window whose activations fit ``--max-memory``.
+"""``--tile auto``: the largest prediction window whose activations and blending band fit
+``--max-memory``.
 
 Each scene pixel is computed ``(tile / (tile - overlap))²`` times (1.78× at tile 256, overlap 64;
 1.13× at 1024), so on a CPU that runs the model at its convolution kernels' limit a larger window
 is the one remaining lever besides precision. How large: the model's activations grow with the
-window's pixels, so one probe forward pass (eval mode, a zero image of about 128², never the
-user's data) measures the peak bytes of the tensors alive at once, every operator's output
-included (a :class:`~torch.utils._python_dispatch.TorchDispatchMode` counts each output's storage
-until it is freed), per window pixel. The largest multiple of the model's required multiple
-whose batch of windows fits the budget bounds the window, never smaller than the bundle's tile,
-never larger than the scene (rounded up to the multiple) nor :data:`MAX_AUTO_TILE`. Below that
-bound, down to half of it, the window is the one that computes the scene's pixels the fewest
-times (:func:`window_work`): the last window row and column are shifted back inside the scene,
-so a window a little smaller than the bound can save a whole row of windows (a 2048² scene:
-1.27 at 1152², 1.06 at 1056²; 10,000²: 1.33 at 1152², 1.18 at 1088²). The overlap stays the
-bundle's (or ``--overlap``): the blending band does not need to grow with the window.
+window's pixels, so one probe forward pass (eval mode, a zero image of about 128², never the user's
+data) measures the peak bytes of the tensors alive at once, every operator's output included (a
+:class:`~torch.utils._python_dispatch.TorchDispatchMode` counts each output's storage until it is
+freed), per window pixel. The largest multiple of the model's required multiple whose batch of
+windows fits the budget beside the blending band (float32 class sums a window tall and the scene
+wide, 204 MiB for 6 classes at 1088 × 8192) bounds the window, never smaller than the bundle's
+tile, never larger than the scene (rounded up to the multiple) nor :data:`MAX_AUTO_TILE`. Below
+that bound, down to half of it, the window is the one that computes the scene's pixels the fewest
+times (:func:`window_work`): the last window row and column are shifted back inside the scene, so a
+window a little smaller than the bound can save a whole row of windows (a 2048² scene: 1.27 at
+1152², 1.06 at 1056²; 10,000²: 1.33 at 1152², 1.18 at 1088²). The overlap stays the bundle's (or
+``--overlap``): the blending band does not need to grow with the window.
 """
 
 from __future__ import annotations
@@ -114,24 +116,27 @@ def activation_bytes_per_pixel(spec: ModelSpec, multiple: int) -> float:
 
 
 def auto_tile(per_pixel: float, batch: int, budget: int, multiple: int, bundle_tile: int,
-              overlap: int, height: int, width: int) -> int:
+              overlap: int, height: int, width: int, classes: int) -> int:
     """The window side (a multiple of ``multiple``) with the least :func:`window_work` among
-    those from the largest whose ``batch`` windows fit ``budget`` bytes at ``per_pixel`` bytes
-    per window pixel down to half of it; at least the bundle's tile, at most the scene's longer
-    side rounded up to ``multiple`` and :data:`MAX_AUTO_TILE`, always above ``overlap``.
-    ConfigError (naming the minimum) when the budget cannot hold one batch of the smallest
-    window."""
+    those from the largest whose ``batch`` windows (``per_pixel`` bytes per window pixel) and
+    blending band (:func:`band_bytes`: ``classes`` float32 sums over the window's rows and the
+    scene's ``width``) fit ``budget`` bytes together, down to half of it; at least the bundle's
+    tile, at most the scene's longer side rounded up to ``multiple`` and :data:`MAX_AUTO_TILE`,
+    always above ``overlap``. ConfigError (naming the minimum) when the budget cannot hold one
+    batch of the smallest window and its band."""
     scene_side = multiple * math.ceil(max(height, width) / multiple)
     above_overlap = multiple * (overlap // multiple + 1)
     ceiling = max(min(scene_side, MAX_AUTO_TILE // multiple * multiple), above_overlap)
     floor = min(max(bundle_tile, above_overlap), ceiling)
-    fits = int(math.sqrt(budget / (batch * per_pixel))) // multiple * multiple
+    # the largest side s with a·s² + b·s ≤ budget: activations a·s², the band b·s
+    a, b = batch * per_pixel, band_bytes(classes, width, 1)
+    fits = int((math.sqrt(b * b + 4 * a * budget) - b) / (2 * a)) // multiple * multiple
     if fits < floor:
-        need = batch * per_pixel * floor**2
+        need = a * floor**2 + band_bytes(classes, width, floor)
         raise ConfigError(
             f"--max-memory {format_bytes(budget)} is too small for one batch of {batch} "
-            f"window(s) of {floor}² ({format_bytes(per_pixel)} of activations per pixel): "
-            f"at least {format_bytes(need)} is needed",
+            f"window(s) of {floor}² ({format_bytes(per_pixel)} of activations per pixel) and "
+            f"its blending band: at least {format_bytes(need)} is needed",
             f"use --max-memory {math.ceil(need / (1 << 20))}M or more, a smaller --batch-size, "
             "or --tile N")
     largest = min(fits, ceiling)
@@ -170,6 +175,13 @@ def release_freed_memory() -> None:
     docs/performance.md). Elsewhere nothing happens."""
     if (libc := _glibc()) is not None:
         libc.malloc_trim(0)
+
+
+def band_bytes(classes: int, width: int, rows: int) -> int:
+    """Bytes of the blending band of a scene ``width`` wide and ``rows`` (a window) tall: the
+    float32 sums of ``classes`` probabilities
+    (:class:`~rsseg.inference.accumulate.RowBandAccumulator`)."""
+    return 4 * classes * width * rows
 
 
 def window_work(tile: int, overlap: int, multiple: int, height: int, width: int) -> float:

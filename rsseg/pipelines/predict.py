@@ -258,7 +258,7 @@ def predict_windows(meta: BundleMeta, options: PredictOptions, height: int, widt
     batch = options.batch_size or CPU_BATCH
     per_pixel = activation_bytes_per_pixel(meta.model, multiple)
     tile = auto_tile(per_pixel, max(1, batch), budget, multiple, meta.tile, overlap, height,
-                     width)
+                     width, meta.model.classes)
     _check_options(tile, overlap, options.batch_size, multiple, meta)
     work = window_work(tile, overlap, multiple, height, width)
     at_bundle_tile = "" if overlap >= meta.tile else (  # an --overlap above it: no such layout
@@ -266,9 +266,9 @@ def predict_windows(meta: BundleMeta, options: PredictOptions, height: int, widt
         f"{meta.tile}")
     return tile, overlap, multiple, (
         f"Windows of {tile}² px, overlap {overlap} (--tile auto: of the multiples of {multiple} "
-        f"up to the largest whose batch of {batch} fits --max-memory {format_bytes(budget)} at "
-        f"{format_bytes(per_pixel)} of activations per pixel, the one computing each scene "
-        f"pixel the fewest times: {work:.2f}{at_bundle_tile})")
+        f"up to the largest whose batch of {batch} and blending band fit --max-memory "
+        f"{format_bytes(budget)} at {format_bytes(per_pixel)} of activations per pixel, the one "
+        f"computing each scene pixel the fewest times: {work:.2f}{at_bundle_tile})")
 
 
 def _tile_pixels(tile: int | str) -> int:
