@@ -35,7 +35,7 @@ from rsseg.models.factory import ModelSpec, build_model
 from rsseg.tiling.blend import layout
 
 DEFAULT_MAX_MEMORY = 1 << 30  # bytes of activations per model call
-MAX_AUTO_TILE = 2048  # bounds the blending band (classes x tile x scene width floats)
+MAX_AUTO_TILE = 2048  # a ceiling for small models, whose activations would allow more
 PROBE_PIXELS = 128  # side of the probe image, rounded up to the model's multiple
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
