@@ -212,6 +212,10 @@ class FinetuneConfig(Section):
     # The encoder learns at encoder_lr_scale × optim.lr, the decoder and head at optim.lr
     # (discriminative fine-tuning), with or without --init alike; 1 = one learning rate.
     encoder_lr_scale: float = Field(1.0, gt=0, le=1)
+    # With --init, also start the decoder from the one the pretext trained (GLCNet's local
+    # branch; the official code's --load_self_parameters 2). False: the paper's protocol, encoder
+    # + ASPP only. A run whose pretext left the decoder untrained (SimCLR) gives none.
+    init_decoder: bool = False
     # Exponential moving average of the weights (decay per step, e.g. 0.99): validation scores
     # and the bundle holds the average instead of the last weights; 0 = off.
     ema: float = Field(0.0, ge=0, lt=1)

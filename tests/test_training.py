@@ -12,13 +12,15 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import torch
 from affine import Affine
 from lightning.pytorch.callbacks import Callback
 from shapely.geometry import Point
 
 from rsseg.config import FinetuneConfig, PretrainConfig, load_config
-from rsseg.models.backbone import read_backbone
+from rsseg.models.backbone import load_backbone, read_backbone
 from rsseg.models.bundle import load_bundle
+from rsseg.models.factory import ModelSpec, build_model
 from rsseg.pipelines.finetune import finetune
 from rsseg.pipelines.pretrain import pretrain
 from rsseg.pipelines.tile import TileOptions, tile_scenes
@@ -182,11 +184,37 @@ def test_finetune_from_raster_labels_with_init(pretrained: Path, scene: Path,
     assert (meta.model.arch, meta.model.in_channels, meta.model.classes) == ("unet", 4, 3)
     assert (meta.tile, meta.overlap) == (64, 16)
     assert meta.resolution == pytest.approx(10.0)
-    # The backbone was transferred: encoder weights equal the pretrained ones before training
-    # moved them only a little; the decoder head is fresh (different shapes: 3 vs 64 classes).
+    # The backbone holds the encoder and the decoder GLCNet's local branch trained, never the
+    # head (64 pretraining channels vs 3 classes).
     tensors, _ = read_backbone(pre)
-    assert all(k.startswith("encoder.") for k in tensors)
+    assert all(k.startswith(("encoder.", "decoder.")) for k in tensors)
     assert (tmp_path / "ft" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_the_decoder_is_stored_where_the_pretext_trained_it(pretrained: Path, tiles: Path,
+                                                            tmp_path: Path) -> None:
+    tensors, meta = read_backbone(pretrained)  # GLCNet: the local branch reads the decoder
+    assert meta.decoder and any(k.startswith("decoder.") for k in tensors)
+    simclr = tmp_path / "simclr"
+    pretrain(tiles, simclr, load_config(PretrainConfig, None, [
+        *TINY_PRETRAIN, "trainer.epochs=1", "pretext.name=simclr", "pretext.params={}"]))
+    tensors, meta = read_backbone(simclr)  # SimCLR: pooled encoder features only
+    assert not meta.decoder and all(k.startswith("encoder.") for k in tensors)
+
+
+@pytest.mark.parametrize("decoder", [True, False])
+def test_init_decoder_loads_the_pretrained_decoder(pretrained: Path, decoder: bool) -> None:
+    tensors, _ = read_backbone(pretrained)
+    spec = ModelSpec(arch="unet", encoder="resnet18", in_channels=4, classes=3)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    load_backbone(model, spec, pretrained, decoder=decoder)
+    state = model.state_dict()
+    loaded = {k for k, v in tensors.items() if torch.equal(state[k], v)}
+    assert {k for k in tensors if k.startswith("encoder.")} <= loaded
+    decoder_keys = {k for k, v in tensors.items() if k.startswith("decoder.") and v.ndim == 4}
+    assert decoder_keys and (decoder_keys <= loaded) == decoder
+    assert decoder or not decoder_keys & loaded
 
 
 def test_finetune_from_vector_points(scene: Path, tmp_path: Path) -> None:

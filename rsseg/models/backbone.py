@@ -2,7 +2,9 @@
 
 Pretraining exports ``RUN/backbone.safetensors``; fine-tuning with ``--init RUN`` loads it into a
 fresh model of the same architecture and starts the decoder and head from scratch, as GLCNet's
-fine-tuning protocol does (Li et al. 2022, §IV). Loading never unpickles.
+fine-tuning protocol does (Li et al. 2022, §IV). A pretext that trains the decoder (GLCNet's
+local branch) also stores it, and ``init_decoder`` loads it as well (the official code's
+``--load_self_parameters 2``, encoder and decoder; docs/methods.md). Loading never unpickles.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class BackboneMeta(BaseModel):
     bands: list[BandNorm]
     pretext: str
     epochs: int
+    decoder: bool = False  # the file also holds the decoder the pretext trained
 
 
 def backbone_prefixes(model: nn.Module) -> tuple[str, ...]:
@@ -46,11 +49,17 @@ def backbone_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(prefixes)
 
 
+def is_decoder_key(key: str, model: nn.Module) -> bool:
+    """True for a state-dict key of smp's ``decoder`` outside the backbone (not the ASPP)."""
+    return key.startswith("decoder.") and not key.startswith(backbone_prefixes(model))
+
+
 def export_backbone(model: nn.Module, meta: BackboneMeta, run: Path) -> Path:
-    """Write the backbone weights of ``model`` and ``meta`` to ``RUN/backbone.safetensors``."""
+    """Write the backbone weights of ``model`` (and its decoder's, if ``meta.decoder``) and
+    ``meta`` to ``RUN/backbone.safetensors``."""
     prefixes = backbone_prefixes(model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-               if k.startswith(prefixes)}
+               if k.startswith(prefixes) or (meta.decoder and is_decoder_key(k, model))}
     path = run / FILENAME
     with atomic_path(path, overwrite=True) as tmp:
         safetensors.torch.save_file(tensors, str(tmp),
@@ -78,8 +87,10 @@ def read_backbone(run: str | Path) -> tuple[dict, BackboneMeta]:
     return tensors, BackboneMeta.model_validate(json.loads(raw))
 
 
-def load_backbone(model: nn.Module, spec: ModelSpec, run: str | Path) -> BackboneMeta:
-    """Copy a pretrained backbone into ``model`` (built from ``spec``); decoder/head stay fresh.
+def load_backbone(model: nn.Module, spec: ModelSpec, run: str | Path,
+                  decoder: bool = False) -> BackboneMeta:
+    """Copy a pretrained backbone into ``model`` (built from ``spec``); the head stays fresh, and
+    the decoder too unless ``decoder`` and the run stored one (``meta.decoder``).
 
     Raises :class:`InputError` when the backbone was pretrained for another architecture,
     encoder or band count (naming both).
@@ -94,7 +105,8 @@ def load_backbone(model: nn.Module, spec: ModelSpec, run: str | Path) -> Backbon
                          f"{spec.arch}/{spec.encoder}",
                          f"set model.arch={meta.arch} model.encoder={meta.encoder}")
     state = model.state_dict()
-    tensors = {k: v for k, v in tensors.items() if not is_unused_stage_key(k, model)}
+    tensors = {k: v for k, v in tensors.items() if not is_unused_stage_key(k, model)
+               and (decoder or not is_decoder_key(k, model))}
     bad = [k for k, v in tensors.items() if k not in state or state[k].shape != v.shape]
     if bad:
         raise InputError(f"--init {run}: backbone weights do not fit this model ({bad[0]})",

@@ -5,7 +5,7 @@ some tiles have masks (:mod:`rsseg.labels`). Training crops are centred on label
 loss ignores unlabelled and nodata pixels. A held-out part of the labels (spatial blocks of a
 scene, or whole tiles/groups of a tile folder) picks the best checkpoint by validation OA, as in
 GLCNet's fine-tuning protocol. ``--init RUN`` loads a pretrained backbone (encoder + ASPP) and
-starts a fresh decoder and head.
+starts a fresh decoder and head (``init_decoder``: also the decoder, where the pretext trained it).
 
 Against memorising few labels (all off by default; see :class:`rsseg.config.FinetuneConfig`):
 class-balanced crop sampling (``data.balance``), radiometric jitter (``data.jitter``), band
@@ -87,7 +87,7 @@ def finetune(out: str | Path, config: FinetuneConfig, *, scenes: list[Path] | No
         check_labels_hold_data(domain.sources.train, nodata)
     specs = _model_specs(config, domains, norms, backbone, nodata)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    model = _build_model(specs, init)
+    model = _build_model(specs, init, config.init_decoder)
     names = tuple(d.name for d in domains)
     info = SegInfo(tuple(s.classes for s in specs), names, config.trainer.epochs, IGNORE)
     regularizers = [get_regularizer(name, model, info, **params)
@@ -171,12 +171,12 @@ def _check_band_count(path: Path, nodata: float | None, expected: int, first: in
                          "every domain needs the same bands (in the same order)")
 
 
-def _build_model(specs: list[ModelSpec], init: Path | None) -> nn.Module:
+def _build_model(specs: list[ModelSpec], init: Path | None, decoder: bool) -> nn.Module:
     """The model to train: one per spec (several: a multi-domain model), the first with the
-    pretrained backbone of ``init``."""
+    pretrained backbone of ``init`` (and its pretrained decoder if ``decoder``)."""
     models = [build_model(spec) for spec in specs]
     if init:
-        load_backbone(models[0], specs[0], init)
+        load_backbone(models[0], specs[0], init, decoder=decoder)
     return models[0] if len(models) == 1 else MultiDomainModel(models)
 
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from rsseg.config import PretrainConfig
 from rsseg.errors import InputError
 from rsseg.io.tileset import TileSet, load_tileset
-from rsseg.models.backbone import BackboneMeta, export_backbone
+from rsseg.models.backbone import BackboneMeta, export_backbone, is_decoder_key
 from rsseg.models.bundle import BandNorm
 from rsseg.models.factory import ModelSpec, build_model, required_multiple
 from rsseg.pretexts.base import DataInfo, Pretext, get_pretext
@@ -42,14 +42,24 @@ def band_norms(tileset: TileSet) -> list[BandNorm]:
 
 
 class ExportBackbone(Callback):
-    """Export ``RUN/backbone.safetensors`` at the end of every epoch (rank zero)."""
+    """Export ``RUN/backbone.safetensors`` at the end of every epoch (rank zero), with the
+    decoder when the pretext's loss reaches it (GLCNet's local branch; SimCLR's pooled ASPP does
+    not), as the gradients of the first backward pass show."""
 
     def __init__(self, run: Path, meta: BackboneMeta) -> None:
         self.run, self.meta = run, meta
+        self.decoder_trained: bool | None = None
+
+    def on_after_backward(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.decoder_trained is None:
+            model = module.model
+            self.decoder_trained = any(p.grad is not None for k, p in model.named_parameters()
+                                       if is_decoder_key(k, model))
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            meta = self.meta.model_copy(update={"epochs": trainer.current_epoch + 1})
+            meta = self.meta.model_copy(update={"epochs": trainer.current_epoch + 1,
+                                                "decoder": bool(self.decoder_trained)})
             export_backbone(module.model, meta, self.run)
 
 
