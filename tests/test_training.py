@@ -202,6 +202,18 @@ def test_the_decoder_is_stored_where_the_pretext_trained_it(pretrained: Path, ti
     assert not meta.decoder and all(k.startswith("encoder.") for k in tensors)
 
 
+def test_init_decoder_flag(pretrained: Path, scene: Path, sparse_labels: Path, tmp_path: Path,
+                           run_cli) -> None:
+    args = ("finetune", "--scene", scene, "--labels", sparse_labels, "--init-decoder")
+    result = run_cli(*args, "--out", tmp_path / "alone")
+    assert result.exit_code == 2 and "--init-decoder needs --init RUN" in result.stderr
+    assert not (tmp_path / "alone").exists()
+    result = run_cli(*args, "--init", pretrained, "--out", tmp_path / "ft",
+                     *as_sets([*TINY_FINETUNE, "trainer.epochs=1"]))
+    assert result.exit_code == 0, result
+    assert "init_decoder: true" in (tmp_path / "ft" / "config.yaml").read_text()
+
+
 @pytest.mark.parametrize("decoder", [True, False])
 def test_init_decoder_loads_the_pretrained_decoder(pretrained: Path, decoder: bool) -> None:
     tensors, _ = read_backbone(pretrained)

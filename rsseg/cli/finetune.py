@@ -12,6 +12,7 @@ import typer
 
 from rsseg.cli import app
 from rsseg.config import FinetuneConfig, load_config, parse_duration
+from rsseg.errors import UsageError
 
 
 @app.command()
@@ -27,6 +28,10 @@ def finetune(
     classes: Path | None = typer.Option(None, help="Classes file (id, name, color)."),
     nodata: float | None = typer.Option(None, help="Scene nodata value, overriding the file's."),
     init: Path | None = typer.Option(None, help="Pretraining run to start the backbone from."),
+    init_decoder: bool | None = typer.Option(
+        None, "--init-decoder/--no-init-decoder",
+        help="With --init, also start from the decoder the pretext trained (GLCNet's local "
+             "branch) [config: init_decoder]."),
     label_fraction: float | None = typer.Option(None, help="Fraction of labelled tiles to use."),
     seed: int | None = typer.Option(None, help="Seed of the label subset, split and training."),
     method: list[str] = typer.Option([], help="Fine-tuning regularizer to add (repeatable; "
@@ -47,7 +52,10 @@ def finetune(
     """Fine-tune on sparse labels; writes RUN/model.rsseg for `rsseg predict`."""
     from rsseg.pipelines.finetune import finetune as run_finetune
 
+    if init_decoder and init is None:
+        raise UsageError("--init-decoder needs --init RUN", "give the pretraining run with --init")
     cfg = load_config(FinetuneConfig, config, set_, flags={
+        "init_decoder": init_decoder,
         "trainer.epochs": epochs, "trainer.batch_size": batch_size, "trainer.seed": seed,
         "trainer.accelerator": device, "trainer.precision": precision,
         "data.label_fraction": label_fraction,
