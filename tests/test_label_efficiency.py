@@ -72,6 +72,33 @@ def test_methods_pool_each_pretraining_seed_with_the_other_methods_run_of_that_s
     assert ("glcnet", "random", 30) not in rows  # one pretraining run: nothing pooled
 
 
+def test_a_method_with_its_pretrained_decoder_is_its_own_method(tool, tmp_path):
+    """``init_decoder``: ``glcnet+decoder`` is pooled apart and compared with plain ``glcnet``
+    (and SimCLR, which stores no decoder, stays ``simclr`` either way)."""
+    from rsseg.models.backbone import BackboneMeta, export_backbone
+    from rsseg.models.factory import ModelSpec, build_model
+
+    spec = ModelSpec(arch="unet", encoder="resnet18", in_channels=3, classes=2)
+    for name, decoder in (("glcnet", True), ("simclr", False)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump({"pretext": {"name": name}}))
+        (run / "metrics.csv").write_text("epoch,loss_epoch,step\n0,2.9,9\n")
+        export_backbone(build_model(spec), BackboneMeta(
+            arch="unet", encoder="resnet18", kwargs={}, bands=[], pretext=name, epochs=1,
+            decoder=decoder), run)
+    assert tool.pretraining(tmp_path / "glcnet", decoder=True)["method"] == "glcnet+decoder"
+    assert tool.pretraining(tmp_path / "glcnet")["method"] == "glcnet"
+    assert tool.pretraining(tmp_path / "simclr", decoder=True)["method"] == "simclr"
+    info = {f"{m}{k}": {"method": m, "steps": 10, "seed": k}
+            for m in ("glcnet+decoder", "glcnet", "simclr") for k in (0, 1)}
+    runs = [_run(arm, seed, 0.3 + 0.1 * ("+" in arm) + 0.01 * seed)
+            for arm in info for seed in (0, 1)]
+    rows = {(r["method"], r["base"]) for r in tool.summarise_methods(runs, info)}
+    assert rows == {("glcnet+decoder", "glcnet"), ("glcnet+decoder", "simclr"),
+                    ("glcnet", "simclr")}
+
+
 def test_merge_adds_the_runs_and_arms_of_another_result_file(tool, tmp_path):
     mine = {"dataset": "dubai", "arms": ["random", "glcnet"], "runs": [_run("random", 0, 0.3)],
             "arm_runs": {"random": None, "glcnet": "g"},

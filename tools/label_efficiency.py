@@ -66,7 +66,7 @@ from rsseg.errors import RssegError
 from rsseg.io.raster import NoGeoreferencing, open_scene
 from rsseg.labels import Tile, read_tile_labels, scan_tiles
 from rsseg.metrics import ConfusionAccumulator
-from rsseg.models.backbone import load_backbone
+from rsseg.models.backbone import load_backbone, read_backbone
 from rsseg.models.bundle import read_meta
 from rsseg.models.factory import ModelSpec, build_model
 from rsseg.pipelines.finetune import finetune
@@ -287,16 +287,23 @@ def _sample(coarse: torch.Tensor, shape: tuple[int, int], rows: np.ndarray,
     return out[0, :, 0].T
 
 
-def pretraining(run: Path | None) -> dict:
+def pretraining(run: Path | None, decoder: bool = False) -> dict:
     """``{"method": pretext name, "steps": optimizer steps, "seed": trainer seed}`` of a
-    pretraining run folder (``{"method": "random", "steps": 0}`` for random init)."""
+    pretraining run folder (``{"method": "random", "steps": 0}`` for random init); the method is
+    ``NAME+decoder`` when fine-tuning loads the decoder the run trained (``init_decoder``)."""
     if run is None:
         return {"method": "random", "steps": 0}
     config = yaml.safe_load((run / "config.yaml").read_text())
     with (run / "metrics.csv").open() as f:
         steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("step")]
-    return {"method": config["pretext"]["name"], "steps": max(steps) + 1 if steps else 0,
+    suffix = "+decoder" if decoder and read_backbone(run)[1].decoder else ""
+    return {"method": config["pretext"]["name"] + suffix, "steps": max(steps) + 1 if steps else 0,
             "seed": int((config.get("trainer") or {}).get("seed", 0))}
+
+
+def _order(method: str) -> tuple[str, bool]:
+    """Sort key of methods: by name, ``NAME+decoder`` before ``NAME``."""
+    return method.removesuffix("+decoder"), not method.endswith("+decoder")
 
 
 def paired_deltas(runs: list[dict], protocol: str, setting: str, arm: str,
@@ -351,7 +358,8 @@ def summarise_methods(runs: list[dict], info: dict[str, dict]) -> list[dict]:
     every pretraining seed both methods ran (each against the other's run of the same seed and
     steps; against random init, every run of A), pooled over seeds and fine-tuning seeds:
     mean ± sd, and how many are at least 0, +2 and +5 points. Two pretraining methods are
-    compared in the order of their names (``glcnet − simclr``)."""
+    compared in the order of their names (``glcnet − simclr``), a method with its pretrained
+    decoder before the same without (``glcnet+decoder − glcnet``)."""
     runs_of: dict[tuple[str, int], dict[int, str]] = {}
     for arm, pre in info.items():
         runs_of.setdefault((pre["method"], pre["steps"]), {})[pre.get("seed", 0)] = arm
@@ -363,7 +371,8 @@ def summarise_methods(runs: list[dict], info: dict[str, dict]) -> list[dict]:
         comparisons += [(method, "random", steps, [(a, base) for a in seeds.values()])
                         for base in random_arms]
         for (other, other_steps), other_seeds in runs_of.items():
-            if other_steps == steps and other not in ("random", method) and method < other:
+            if (other_steps == steps and other not in ("random", method)
+                    and _order(method) < _order(other)):
                 comparisons.append((method, other, steps, [(seeds[k], other_seeds[k])
                                                            for k in seeds if k in other_seeds]))
     rows = []
@@ -565,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"dataset": args.dataset, "arms": list(arms), "runs": [],
                "config": config.model_dump(mode="json"),
                "arm_runs": {k: str(v) if v else None for k, v in arms.items()},
-               "pretraining": {k: pretraining(v) for k, v in arms.items()},
+               "pretraining": {k: pretraining(v, config.init_decoder) for k, v in arms.items()},
                "notes": ("dubai: train tiles 1–5 (45 images), test tile 6 (9 images)"
                          if args.dataset == "dubai" else
                          "nc: sparse pixels of the bundled scene; test: the dense 1996 map, "
