@@ -51,6 +51,33 @@ def test_tiny_study_runs_every_arm_and_resumes(al, tmp_path: Path, one_thread: N
         al.main([*args, "--merge", str(tmp_path / "missing.json")])
 
 
+def test_repeats_score_each_round_by_the_mean_of_several_fine_tunes(
+        al, tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "al"
+    args = ["--dataset", "nc", "--budget", "tiny", "--arm", "random", "--out", str(out),
+            "--work", str(tmp_path / "work")]
+    assert al.main([*args, "--repeats", "2"]) == 0
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert [(r["arm"], r["points"], len(r["repeats"])) for r in runs] == [("start", 4, 2),
+                                                                          ("random", 8, 2)]
+    for r in runs:
+        assert r["miou"] == pytest.approx(np.mean([x["miou"] for x in r["repeats"]]))
+    seeds = []
+    train = al.train_and_score
+
+    def counted(dataset, state, config, init, work):
+        seeds.append(config.trainer.seed)
+        return train(dataset, state, config, init, work)
+
+    monkeypatch.setattr(al, "train_and_score", counted)
+    assert al.main([*args, "--repeats", "3", "--resume"]) == 0  # only the third runs are new
+    assert seeds == [2000, 2000]
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert [len(r["repeats"]) for r in runs] == [3, 3]
+    with pytest.raises(SystemExit, match="--repeats 0"):
+        al.main([*args, "--repeats", "0"])
+
+
 def test_start_points_are_uniform_over_valid_pixels(al) -> None:
     valid = np.zeros((20, 30), dtype=bool)
     valid[5:15, 10:20] = True
