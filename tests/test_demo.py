@@ -153,7 +153,7 @@ def test_aerial_case_fine_tunes_with_the_cpu_recipe() -> None:
     mine = demo.AERIAL_FINETUNE
     assert mine["model"] == recipe["model"] == demo.AERIAL_PRETRAIN["model"]
     assert mine["optim"] == recipe["optim"]
-    for key in ("encoder_lr_scale", "ema", "tile", "overlap"):
+    for key in ("encoder_lr_scale", "init_decoder", "ema", "tile", "overlap"):
         assert mine[key] == recipe[key]
     assert {k: v for k, v in mine["data"].items() if k != "val_fraction"} == \
         {k: v for k, v in recipe["data"].items() if k not in ("val_fraction", "val_block")}

@@ -71,6 +71,7 @@ AERIAL_FINETUNE = {
     "optim": {"lr": 1e-3, "schedule": "cosine", "min_lr": 1e-5, "weight_decay": 1e-4},
     "trainer": {"epochs": 8, "batch_size": 8, "steps_per_epoch": 25, "accelerator": "cpu"},
     "encoder_lr_scale": 1.0,
+    "init_decoder": True,  # GLCNet's arm also starts from the decoder its local branch trained
     "ema": 0.99,
     "tile": 256,
     "overlap": 64,
