@@ -359,7 +359,7 @@ def run_arm(dataset: Dataset, arm: str, seed: int, budget: dict, config: Finetun
             repeat_scores(dataset, state, config, init, _round(work, dataset, label, seed, size),
                           record, repeats)
         results["runs"].append({**record, "seconds": round(time.perf_counter() - start, 1)})
-        print(f"  -> mIoU {scores['miou']:.3f}", flush=True)
+        print(f"  -> mIoU {record['miou']:.3f}", flush=True)
         write_outputs(results, out)
 
 
