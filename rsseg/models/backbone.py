@@ -49,17 +49,20 @@ def backbone_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(prefixes)
 
 
-def is_decoder_key(key: str, model: nn.Module) -> bool:
-    """True for a state-dict key of smp's ``decoder`` outside the backbone (not the ASPP)."""
-    return key.startswith("decoder.") and not key.startswith(backbone_prefixes(model))
+def decoder_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of smp's ``decoder`` outside the backbone (not the ASPP)."""
+    prefixes = backbone_prefixes(model)
+    return {k for k in model.state_dict() if k.startswith("decoder.")
+            and not k.startswith(prefixes)}
 
 
 def export_backbone(model: nn.Module, meta: BackboneMeta, run: Path) -> Path:
     """Write the backbone weights of ``model`` (and its decoder's, if ``meta.decoder``) and
     ``meta`` to ``RUN/backbone.safetensors``."""
     prefixes = backbone_prefixes(model)
+    decoder = decoder_keys(model) if meta.decoder else set()
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-               if k.startswith(prefixes) or (meta.decoder and is_decoder_key(k, model))}
+               if k.startswith(prefixes) or k in decoder}
     path = run / FILENAME
     with atomic_path(path, overwrite=True) as tmp:
         safetensors.torch.save_file(tensors, str(tmp),
@@ -105,8 +108,9 @@ def load_backbone(model: nn.Module, spec: ModelSpec, run: str | Path,
                          f"{spec.arch}/{spec.encoder}",
                          f"set model.arch={meta.arch} model.encoder={meta.encoder}")
     state = model.state_dict()
+    fresh = set() if decoder else decoder_keys(model)
     tensors = {k: v for k, v in tensors.items() if not is_unused_stage_key(k, model)
-               and (decoder or not is_decoder_key(k, model))}
+               and k not in fresh}
     bad = [k for k, v in tensors.items() if k not in state or state[k].shape != v.shape]
     if bad:
         raise InputError(f"--init {run}: backbone weights do not fit this model ({bad[0]})",

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from rsseg.config import PretrainConfig
 from rsseg.errors import InputError
 from rsseg.io.tileset import TileSet, load_tileset
-from rsseg.models.backbone import BackboneMeta, export_backbone, is_decoder_key
+from rsseg.models.backbone import BackboneMeta, decoder_keys, export_backbone
 from rsseg.models.bundle import BandNorm
 from rsseg.models.factory import ModelSpec, build_model, required_multiple
 from rsseg.pretexts.base import DataInfo, Pretext, get_pretext
@@ -52,9 +52,9 @@ class ExportBackbone(Callback):
 
     def on_after_backward(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.decoder_trained is None:
-            model = module.model
-            self.decoder_trained = any(p.grad is not None for k, p in model.named_parameters()
-                                       if is_decoder_key(k, model))
+            decoder = decoder_keys(module.model)
+            self.decoder_trained = any(p.grad is not None for k, p
+                                       in module.model.named_parameters() if k in decoder)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.is_global_zero:
