@@ -34,6 +34,7 @@ def test_tiny_study_runs_every_arm_and_resumes(al, tmp_path: Path, one_thread: N
     doc = out.with_suffix(".md").read_text()
     assert summary["verdict"] in doc and "| 8 |" in doc and "al.png" in doc
     assert "on a class edge" in doc and 0 < summary["edge_share"] < 1
+    assert "init random; overrides none; fine-tunes per round 1" in doc
     assert summary["paired"]["hybrid"][2] == 1 and "paired by seed and round" in doc
     assert out.with_suffix(".png").stat().st_size > 0
 
@@ -49,6 +50,9 @@ def test_tiny_study_runs_every_arm_and_resumes(al, tmp_path: Path, one_thread: N
     assert json.loads(merged.with_suffix(".json").read_text())["runs"] == results["runs"]
     with pytest.raises(SystemExit, match="no such file"):
         al.main([*args, "--merge", str(tmp_path / "missing.json")])
+    # rounds fine-tuned another way are never mixed in: another --set is refused
+    with pytest.raises(SystemExit, match=r"ran sets \[\], this run \['ema=0.5'\]"):
+        al.main([*args, "--resume", "--set", "ema=0.5"])
 
 
 def test_repeats_score_each_round_by_the_mean_of_several_fine_tunes(
@@ -144,3 +148,13 @@ def test_pretrained_budget_fine_tunes_with_the_config_as_it_is(al) -> None:
     pretrained = config("pretrained")
     assert pretrained.model == plain.model and pretrained.trainer.epochs == plain.trainer.epochs
     assert config("full").model.arch == "unet"  # the shallow U-Net of the NC demo
+
+
+def test_rounds_fine_tuned_from_another_initialisation_are_not_merged(al) -> None:
+    now = {"budget": "pretrained", "init": "pre", "init_decoder": True, "sets": []}
+    before_decoders = {"budget": "pretrained", "init": "pre", "runs": []}  # an older OUT.json
+    with pytest.raises(SystemExit, match="ran init_decoder False, this run True"):
+        al.check_same_recipe(before_decoders, now, Path("old.json"))
+    al.check_same_recipe({**before_decoders, "init_decoder": True}, now, Path("old.json"))
+    with pytest.raises(SystemExit, match="ran init None"):
+        al.check_same_recipe({**now, "init": None}, now, Path("old.json"))

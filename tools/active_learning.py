@@ -40,9 +40,10 @@ the central 128 px of two training images, 2 steps: a smoke test). ``--seeds`` a
 study above (NC, seed 0, 25 + 25 per round to 100: the start and 3 rounds of 3 arms) asks whether
 hybrid reaches random's 100-point mIoU with 50 points. Writes ``OUT.json`` (every round: scores, the
 points asked), ``OUT.md`` and ``OUT.png`` (mIoU against points per arm), rewritten after every
-round; ``--resume`` replays the rounds of ``OUT.json`` (same budget) and runs the rest, and
-``--merge A.json --merge B.json`` adds the rounds of runs made apart (one process per seed, side
-by side) to those replayed. ``--repeats K`` fine-tunes every round K times on its points (the
+round; ``--resume`` replays the rounds of ``OUT.json`` and runs the rest, and ``--merge A.json
+--merge B.json`` adds the rounds of runs made apart (one process per seed, side by side) to those
+replayed; a file whose rounds were fine-tuned another way (budget, ``--init``, its decoder,
+``--set``) is refused. ``--repeats K`` fine-tunes every round K times on its points (the
 fine-tuning seeds differ; the first run's model suggests the next round) and scores their mean:
 one fine-tune's spread (±5–8 mIoU points on Dubai) is as large as what 175 points add, and with
 ``--resume`` the repeats a replayed round lacks are trained on its recorded points.
@@ -69,6 +70,7 @@ from rsseg.config import FinetuneConfig, load_config
 from rsseg.io.raster import NoGeoreferencing, SceneInfo, open_scene
 from rsseg.labels import read_tile_labels, scan_tiles
 from rsseg.metrics import ConfusionAccumulator
+from rsseg.models.backbone import read_backbone
 from rsseg.pipelines.finetune import finetune
 from rsseg.pipelines.predict import PredictOptions, predict_scene
 from rsseg.pipelines.suggest import SuggestOptions, suggest_points
@@ -440,7 +442,9 @@ def write_outputs(results: dict, out: Path) -> None:
     lines = ["# Active learning: `rsseg suggest` against random points", "",
              *(__doc__ or "").split("\n\n")[1:5], "",
              f"Budget `{results['budget']}`: {results['budget_sets']}; seeds "
-             f"{results['seeds']}; init {results['init'] or 'random'}; fine-tunes per round "
+             f"{results['seeds']}; init {results['init'] or 'random'}"
+             f"{' (backbone and decoder)' if results.get('init_decoder') else ''}; "
+             f"overrides {results.get('sets') or 'none'}; fine-tunes per round "
              f"{results.get('repeats', 1)} (scored by their mean).", "",
              f"![mIoU against labelled points]({out.with_suffix('.png').name})", ""]
     for row in results["summary"]:
@@ -529,6 +533,17 @@ def with_max_points(budget: dict, max_points: int | None) -> dict:
     return {**budget, "max": max_points}
 
 
+def check_same_recipe(previous: dict, results: dict, path: Path) -> None:
+    """SystemExit unless the rounds of ``previous`` (an earlier OUT.json) were fine-tuned as
+    this run's are: the same budget, ``--init`` (and whether its decoder was loaded) and
+    ``--set`` overrides (files from before these were recorded: no overrides, no decoder)."""
+    for key, default in (("budget", None), ("init", None), ("init_decoder", False),
+                         ("sets", [])):
+        if previous.get(key, default) != results[key]:
+            raise SystemExit(f"error: {path} ran {key} {previous.get(key, default)!r}, this run "
+                             f"{results[key]!r}: --resume and --merge need the same recipe")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--dataset", action="append", choices=("nc", "dubai"), required=True)
@@ -551,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
                         "mean [default: 1]")
     parser.add_argument("--merge", type=Path, action="append", default=[],
                         help="OUT.json of runs made apart (e.g. one process per seed), replayed "
-                        "with --resume's (repeatable; same --budget)")
+                        "with --resume's (repeatable; same --budget, --init, --set)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise SystemExit(f"error: --repeats {args.repeats}: give 1 or more fine-tunes per round")
@@ -559,9 +574,13 @@ def main(argv: list[str] | None = None) -> int:
     budget = with_max_points(BUDGETS[args.budget], args.max_points)
     arms = list(dict.fromkeys(args.arm or ARMS))
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else budget["seeds"]
+    recipe = load_config(FinetuneConfig, args.config, [*budget["model"], *budget["finetune"],
+                                                       *COMMON, *args.sets])
     results: dict = {"budget": args.budget, "budget_sets": budget, "arms": arms,
                      "seeds": seeds, "init": str(args.init) if args.init else None,
-                     "repeats": args.repeats, "runs": []}
+                     "init_decoder": bool(args.init and recipe.init_decoder
+                                          and read_backbone(args.init)[1].decoder),
+                     "sets": args.sets, "repeats": args.repeats, "runs": []}
     out = args.out
     earlier = [out.with_suffix(".json")] if args.resume else []
     for path in [*earlier, *args.merge]:
@@ -570,9 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"error: --merge {path}: no such file")
             continue
         previous = json.loads(path.read_text())
-        if previous["budget"] != args.budget:
-            raise SystemExit(f"error: {path} ran budget {previous['budget']!r}: --resume and "
-                             "--merge need the same --budget")
+        check_same_recipe(previous, results, path)
         known = {(r["dataset"], r["arm"], r["seed"], r["points"]) for r in results["runs"]}
         results["runs"] += [r for r in previous["runs"]
                             if (r["dataset"], r["arm"], r["seed"], r["points"]) not in known]
@@ -583,9 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset = load_dataset(name, args.data, budget["images"], budget["crop"], args.work)
         results.setdefault("edge_share", {})[name] = edge_share(dataset)
         for seed in seeds:
-            config = load_config(FinetuneConfig, args.config,
-                                 [*budget["model"], *budget["finetune"], *COMMON, *args.sets,
-                                  f"trainer.seed={seed}"])
+            config = recipe.model_copy(deep=True)
+            config.trainer.seed = seed
             for arm in arms:
                 run_arm(dataset, arm, seed, budget, config, args.init, args.work, results, out,
                         args.repeats)
