@@ -82,6 +82,15 @@ def test_repeats_score_each_round_by_the_mean_of_several_fine_tunes(
         al.main([*args, "--repeats", "0"])
 
 
+def test_a_bad_init_or_setting_is_one_line_before_any_round(al, tmp_path: Path) -> None:
+    args = ["--dataset", "nc", "--budget", "tiny", "--out", str(tmp_path / "al")]
+    with pytest.raises(SystemExit, match=r"error: --init .*no backbone.safetensors found"):
+        al.main([*args, "--init", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"error: .*no_such_key"):
+        al.main([*args, "--set", "no_such_key=1"])
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_start_points_are_uniform_over_valid_pixels(al) -> None:
     valid = np.zeros((20, 30), dtype=bool)
     valid[5:15, 10:20] = True

@@ -67,6 +67,7 @@ from rasterio.windows import Window
 
 from rsseg.classes import IGNORE, read_classes
 from rsseg.config import FinetuneConfig, load_config
+from rsseg.errors import RssegError
 from rsseg.io.raster import NoGeoreferencing, SceneInfo, open_scene
 from rsseg.labels import read_tile_labels, scan_tiles
 from rsseg.metrics import ConfusionAccumulator
@@ -574,12 +575,15 @@ def main(argv: list[str] | None = None) -> int:
     budget = with_max_points(BUDGETS[args.budget], args.max_points)
     arms = list(dict.fromkeys(args.arm or ARMS))
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else budget["seeds"]
-    recipe = load_config(FinetuneConfig, args.config, [*budget["model"], *budget["finetune"],
-                                                       *COMMON, *args.sets])
+    try:  # a bad --config, --set or --init: one line before any round runs
+        recipe = load_config(FinetuneConfig, args.config, [*budget["model"], *budget["finetune"],
+                                                           *COMMON, *args.sets])
+        init_meta = read_backbone(args.init)[1] if args.init else None
+    except RssegError as err:
+        raise SystemExit(f"error: {err}") from None
     results: dict = {"budget": args.budget, "budget_sets": budget, "arms": arms,
                      "seeds": seeds, "init": str(args.init) if args.init else None,
-                     "init_decoder": bool(args.init and recipe.init_decoder
-                                          and read_backbone(args.init)[1].decoder),
+                     "init_decoder": bool(init_meta and recipe.init_decoder and init_meta.decoder),
                      "sets": args.sets, "repeats": args.repeats, "runs": []}
     out = args.out
     earlier = [out.with_suffix(".json")] if args.resume else []
