@@ -122,6 +122,10 @@ def test_a_setting_that_does_not_exist_is_refused_before_any_work(tool, tmp_path
     with pytest.raises(SystemExit, match="does not exist for nc"):
         tool.main(["--dataset", "nc", "--arm", "random", "--settings", "points:20",
                    "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    with pytest.raises(SystemExit, match=r"error: config key 'no_such_key'"):
+        tool.main(["--dataset", "nc", "--arm", "random", "--settings", "pixels:0.1",
+                   "--set", "no_such_key=1", "--out", str(tmp_path / "out")])
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_tiny_study_on_the_bundled_scene(tool, tmp_path):

@@ -569,8 +569,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             raise SystemExit(f"error: setting {setting!r}: not a number after the colon "
                              "(e.g. points:20, images:0.2, pixels:0.25)") from None
-    config = load_config(FinetuneConfig, args.config,
-                         ["data.val_fraction=0", "trainer.accelerator=cpu", *args.sets])
+    try:
+        config = load_config(FinetuneConfig, args.config,
+                             ["data.val_fraction=0", "trainer.accelerator=cpu", *args.sets])
+    except RssegError as err:
+        raise SystemExit(f"error: {err}") from None
     results = {"dataset": args.dataset, "arms": list(arms), "runs": [],
                "config": config.model_dump(mode="json"),
                "arm_runs": {k: str(v) if v else None for k, v in arms.items()},
