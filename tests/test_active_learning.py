@@ -128,6 +128,7 @@ def test_verdict_names_the_figure(al) -> None:
     assert al.verdict("nc", 0.4, {"hybrid": 100}, 200).endswith("figure reached")
     assert al.verdict("nc", 0.4, {"hybrid": 125}, 200).endswith("figure not reached")
     assert "does not reach" in al.verdict("nc", 0.4, {"hybrid": None}, 200)
+    assert al.verdict("nc", 0.4, {"random": 125}, 200).endswith("figure is not measured")
     flat = al.verdict("nc", 0.4, {"random": 25, "hybrid": 25}, 200)  # random's curve is flat
     assert "cannot be measured" in flat and flat.endswith("(not reached)")
     assert al.verdict("nc", 0.4, {"random": 125, "hybrid": 100}, 200).endswith("figure reached")

@@ -422,6 +422,8 @@ def verdict(dataset: str, target: float, reach: dict, top: int) -> str:
     """One line: does hybrid reach random's score at ``top`` points with half as many? Not
     measurable where random's own mean curve already reaches it with half as many (a curve
     that does not rise: any arm "reaches" it)."""
+    if "hybrid" not in reach:
+        return f"{dataset}: no hybrid arm in this run, so the figure is not measured"
     points = reach.get("hybrid")
     own = reach.get("random")
     if own is not None and own <= top // 2:
